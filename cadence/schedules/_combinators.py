@@ -1,0 +1,248 @@
+"""Combinators: schedules built from other schedules.
+
+Each holds its children as fields, so a composed schedule is one printable,
+comparable, serializable pytree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from . import _base as B
+from ._base import Schedule, as_float, field, safe_div, schedule_type
+from ._numerics import power
+
+__all__ = ["clip", "join", "per_epoch", "restarts", "warmup"]
+
+
+@schedule_type
+class join(Schedule):
+    """Play schedules one after another: torch's SequentialLR, optax's join_schedules.
+
+    Schedule ``i`` sees ``step - boundaries[i-1]``: at ``step == boundary`` the
+    next schedule starts at its own step 0.
+
+    Args:
+        schedules: the schedules, in order.
+        boundaries: ``len(schedules) - 1`` strictly increasing steps (>= 0).
+
+    Example:
+        >>> from cadence import schedules as S
+        >>> s = S.join([S.constant(1.0), S.linear(0.5, 0.0, 2)], [2])
+        >>> [float(s(t)) for t in range(5)]
+        [1.0, 1.0, 0.5, 0.25, 0.0]
+    """
+
+    schedules: Sequence[Schedule] = field(B.CHILDREN)
+    boundaries: Sequence[int] = field(B.INTS)
+
+    def __post_init__(self) -> None:
+        B.check_children(self, "schedules")
+        B.check_ints(self, "boundaries", strictly_increasing=True)
+        if len(self.boundaries) != len(self.schedules) - 1:
+            raise ValueError(
+                "join: boundaries must have len(schedules) - 1 = "
+                f"{len(self.schedules) - 1} entries, got {len(self.boundaries)}"
+            )
+
+    def _value(self, t: jax.Array) -> jax.Array:
+        value = self.schedules[0](t)
+        for boundary, s in zip(self.boundaries, self.schedules[1:]):
+            # Children never see negative steps, even in the unselected branch.
+            value = jnp.where(t >= boundary, s(jnp.maximum(t - boundary, 0)), value)
+        return value
+
+
+@schedule_type
+class warmup(Schedule):
+    """Linear warmup from `init` to ``s(0)`` over `steps`, then ``s(t - steps)``.
+
+    transformers' warmups start at ``init = 0`` (``k / W`` at step k); timm's at
+    ``warmup_lr_init`` (its ``warmup_prefix=True``). ``steps = 0`` is `s` itself.
+
+    Args:
+        s: the schedule after warmup.
+        steps: warmup steps, >= 0.
+        init: value at step 0.
+
+    Example:
+        >>> from cadence import schedules as S
+        >>> s = S.warmup(S.constant(1.0), 4)
+        >>> [float(s(t)) for t in range(6)]
+        [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    """
+
+    s: Schedule = field(B.CHILD)
+    steps: int = field(B.INT)
+    init: float = field(B.LEAF, 0.0)
+
+    def __post_init__(self) -> None:
+        B.check_child(self, "s")
+        B.check_int(self, "steps")
+        B.check_leaf(self, "init")
+
+    def _value(self, t: jax.Array) -> jax.Array:
+        after = self.s(jnp.maximum(t - self.steps, 0))
+        if self.steps == 0:
+            return after
+        init = as_float(self.init)
+        target = self.s(jnp.zeros((), t.dtype))
+        ramp = init + (target - init) * (jnp.maximum(t, 0) / self.steps)
+        return jnp.where(t < self.steps, ramp, after)
+
+
+@schedule_type
+class restarts(Schedule):
+    """Warm restarts (SGDR): torch's CosineAnnealingWarmRestarts, timm's cycles.
+
+    Cycle ``i`` lasts ``period * mult**i`` steps (possibly fractional) and plays
+    `s` stretched to that length, i.e. ``s(t_local * period / len_i)``. The
+    peak ``s(0)`` of cycle ``i`` is scaled by ``decay**i`` while the floor
+    ``s(period)`` is not (timm's ``cycle_decay``):
+
+    .. math::
+        v = s(x) + (decay^i - 1) \\, s(0) \\frac{s(x) - s(period)}{s(0) - s(period)}
+
+    which is ``decay**i`` times the amplitude when the floor is 0. After `limit`
+    cycles the value is ``s(period)``.
+
+    ``restarts(cosine(lr, T0, end=eta_min), T0, mult=T_mult)`` is torch's
+    CosineAnnealingWarmRestarts; with ``k``, ``decay`` and ``limit`` it is
+    timm's CosineLRScheduler (``cycle_mul``, ``cycle_decay``, ``cycle_limit``).
+    The cycle index is computed so that exact restart steps land in the new
+    cycle (timm's ``floor(log(...))`` misplaces some by one).
+
+    Args:
+        s: the schedule played in each cycle (its value at `period` is the floor).
+        period: length of the first cycle, > 0.
+        mult: growth of each cycle's length, >= 1.
+        decay: factor on the peak per cycle, > 0.
+        limit: number of cycles, or None for no limit.
+
+    Example:
+        >>> from cadence import schedules as S
+        >>> s = S.restarts(S.cosine(1.0, 2), 2, mult=2.0)
+        >>> [float(s(t)) for t in range(7)]
+        [1.0, 0.5, 1.0, 0.8535..., 0.5, 0.1464..., 1.0]
+    """
+
+    s: Schedule = field(B.CHILD)
+    period: float = field(B.NUMBER)
+    mult: float = field(B.NUMBER, 1.0)
+    decay: float = field(B.LEAF, 1.0)
+    limit: int | None = field(B.OPT_INT, None)
+
+    def __post_init__(self) -> None:
+        B.check_child(self, "s")
+        B.check_number(self, "period")
+        B.check_number(self, "mult")
+        B.set_field(self, "mult", float(self.mult))
+        if self.mult < 1:
+            raise ValueError(f"restarts: mult must be >= 1, got {self.mult!r}")
+        B.check_leaf(self, "decay", positive=True)
+        B.check_int(self, "limit", minimum=1, optional=True)
+
+    def _start(self, i: jax.Array) -> jax.Array:
+        """First step of cycle ``i``."""
+        if self.mult == 1.0:
+            return i * self.period
+        return self.period * (power(self.mult, i) - 1) / (self.mult - 1)
+
+    def _value(self, t: jax.Array) -> jax.Array:
+        t = jnp.maximum(t, 0)
+        if self.mult == 1.0:
+            i = jnp.floor(t / self.period)
+        else:
+            i = jnp.floor(
+                jnp.log1p(t * (self.mult - 1) / self.period) / math.log(self.mult)
+            )
+            # The logarithm can be off by one at exact restart steps: settle it.
+            i = jnp.maximum(i, 0)
+            i = jnp.where(self._start(i + 1) <= t, i + 1, i)
+            i = jnp.where(self._start(i) > t, i - 1, i)
+        start = self._start(i)
+        length = self.period * power(self.mult, i) if self.mult != 1.0 else self.period
+        x = (t - start) * (self.period / length) if self.mult != 1.0 else t - start
+        inner = self.s(x)
+        peak = self.s(jnp.zeros((), t.dtype))
+        floor = self.s(jnp.full((), self.period, t.dtype))
+        shape = safe_div(inner - floor, peak - floor)
+        value = inner + (power(self.decay, i) - 1) * peak * shape
+        if self.limit is not None:
+            value = jnp.where(i >= self.limit, floor, value)
+        return value
+
+
+@schedule_type
+class per_epoch(Schedule):
+    """``s(t // steps_per_epoch)``: run a per-epoch schedule from a per-step counter.
+
+    For schedules that PyTorch code steps once per epoch (StepLR, MultiStepLR,
+    ...), while cadence counts optimizer updates.
+
+    Args:
+        s: the per-epoch schedule.
+        steps_per_epoch: updates per epoch, >= 1.
+
+    Example:
+        >>> from cadence import schedules as S
+        >>> s = S.per_epoch(S.step_decay(1.0, 1, 0.5), 3)
+        >>> [float(s(t)) for t in range(7)]
+        [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25]
+    """
+
+    s: Schedule = field(B.CHILD)
+    steps_per_epoch: int = field(B.INT)
+
+    def __post_init__(self) -> None:
+        B.check_child(self, "s")
+        B.check_int(self, "steps_per_epoch", minimum=1)
+
+    def _value(self, t: jax.Array) -> jax.Array:
+        return self.s(jnp.floor(jnp.maximum(t, 0) / self.steps_per_epoch))
+
+
+@schedule_type
+class clip(Schedule):
+    """`s` clipped to ``[lo, hi]`` (either bound may be None).
+
+    Args:
+        s: the schedule.
+        lo: lower bound, or None.
+        hi: upper bound, or None.
+
+    Example:
+        >>> from cadence import schedules as S
+        >>> s = S.clip(S.linear(1.0, 0.0, 4), lo=0.3)
+        >>> [float(s(t)) for t in range(5)]
+        [1.0, 0.75, 0.5, 0.3, 0.3]
+    """
+
+    s: Schedule = field(B.CHILD)
+    lo: float | None = field(B.OPT_LEAF, None)
+    hi: float | None = field(B.OPT_LEAF, None)
+
+    def __post_init__(self) -> None:
+        B.check_child(self, "s")
+        B.check_leaf(self, "lo", optional=True)
+        B.check_leaf(self, "hi", optional=True)
+        if self.lo is None and self.hi is None:
+            raise ValueError("clip: give lo, hi or both")
+        if (
+            isinstance(self.lo, float)
+            and isinstance(self.hi, float)
+            and self.lo > self.hi
+        ):
+            raise ValueError(f"clip: lo must be <= hi, got lo={self.lo}, hi={self.hi}")
+
+    def _value(self, t: jax.Array) -> jax.Array:
+        value = self.s(t)
+        if self.lo is not None:
+            value = jnp.maximum(value, as_float(self.lo))
+        if self.hi is not None:
+            value = jnp.minimum(value, as_float(self.hi))
+        return value

@@ -1,0 +1,61 @@
+"""Accurate building blocks shared by the primitives.
+
+The reference libraries compute in Python float64; we compute in float32 by
+default. These helpers keep float32 results within a few ulp of the float64
+reference, including near the zeros of a cosine, where the textbook
+``0.5 * (1 + cos(pi * p))`` loses all relative precision.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from ._base import as_float
+
+
+def cos_fraction(num: jax.Array, den: ArrayLike, cycles: ArrayLike = 0.5) -> jax.Array:
+    """``0.5 * (1 + cos(2 pi cycles num / den))``, accurate to a few ulp.
+
+    With ``u = cycles * num / den`` half-turns, the value is ``cos(pi u)**2``.
+    Reducing ``cycles * num`` modulo ``den`` before dividing keeps the phase
+    exact for integer steps, and near a zero the value is computed as
+    ``sin(pi * distance_to_zero)**2`` so its relative error stays small.
+    """
+    num = as_float(num)
+    den = as_float(den)
+    a = as_float(cycles) * num
+    n = jnp.round(a / den)
+    r = jnp.abs(a - n * den)
+    near_peak = jnp.cos(jnp.pi * r / den) ** 2
+    near_zero = jnp.sin(jnp.pi * (0.5 * den - r) / den) ** 2
+    return jnp.where(r <= 0.25 * den, near_peak, near_zero)
+
+
+def power(base: ArrayLike, exponent: jax.Array) -> jax.Array:
+    """``base ** exponent`` for a hyperparameter base and a float exponent.
+
+    For a concrete base the logarithm is taken in float64 on the host and split
+    into a 12-bit head and a tail, so that ``head * exponent`` is exact for
+    integer exponents below 4096: e.g. ``0.99 ** 1000`` keeps float32 precision
+    instead of amplifying the rounding of 0.99 (or of the product) a
+    thousandfold.
+    """
+    if isinstance(base, numbers.Real) and not isinstance(base, bool) and base > 0:
+        log = math.log(base)
+        mantissa, exp = math.frexp(log)
+        head = math.ldexp(round(mantissa * 4096) / 4096, exp)
+        tail = log - head
+        return jnp.exp(as_float(head) * exponent) * jnp.exp(as_float(tail) * exponent)
+    return jnp.power(as_float(base), exponent)
+
+
+def pow_unless_one(x: jax.Array, exponent: ArrayLike) -> jax.Array:
+    """``x ** exponent``, exactly ``x`` when the exponent is 1 (pow is inexact)."""
+    exponent = as_float(exponent)
+    safe = jnp.where(x > 0, x, 1)
+    return jnp.where(exponent == 1, x, jnp.where(x > 0, safe**exponent, 0))
