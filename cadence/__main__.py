@@ -29,9 +29,7 @@ def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
         extra[key] = _parse_value(value)
     if spec in S.NAMES:
         total = args.total if args.total is not None else args.steps
-        return S.get(
-            spec, args.peak, warmup_steps=args.warmup, total_steps=total, **extra
-        )
+        return S.get(spec, args.peak, warmup_steps=args.warmup, total_steps=total, **extra)
     if extra or args.warmup:
         raise ValueError("--warmup/--kw apply to registered names only, not to configs")
     path = Path(spec)
@@ -96,9 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("schedule", metavar="SCHEDULE")
-    p.add_argument(
-        "--steps", type=int, default=1000, help="last step drawn (default 1000)"
-    )
+    p.add_argument("--steps", type=int, default=1000, help="last step drawn (default 1000)")
     p.add_argument("-o", "--output", default="schedule.png", help="PNG path")
     p.add_argument("--peak", type=float, default=1e-3, help="peak lr for a name")
     p.add_argument("--warmup", type=int, default=0, help="warmup steps for a name")

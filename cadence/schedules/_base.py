@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import itertools
 import math
 import numbers
 import operator
@@ -86,9 +87,7 @@ class Schedule(abc.ABC):
     """
 
     def __call__(self, step: ArrayLike) -> jax.Array:
-        if isinstance(step, (bool, np.bool_, str)) or not hasattr(
-            jnp.asarray(step), "dtype"
-        ):
+        if isinstance(step, (bool, np.bool_, str)) or not hasattr(jnp.asarray(step), "dtype"):
             raise TypeError(f"step must be a number or an array, got {step!r}")
         return self._value(as_float(step))
 
@@ -127,9 +126,7 @@ def schedule_type(cls: _S) -> _S:
     Leaf kinds become pytree data fields; static kinds become metadata (they
     must be hashable, so sequences are stored as tuples).
     """
-    cls = dataclasses.dataclass(
-        frozen=True, eq=True, repr=cls.__repr__ is object.__repr__
-    )(cls)
+    cls = dataclasses.dataclass(frozen=True, eq=True, repr=cls.__repr__ is object.__repr__)(cls)
     fields = dataclasses.fields(cls)
     data = [f.name for f in fields if f.metadata["kind"] not in _STATIC_KINDS]
     meta = [f.name for f in fields if f.metadata["kind"] in _STATIC_KINDS]
@@ -180,9 +177,7 @@ def check_leaf(
         set_field(obj, name, x)
     elif isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
         if np.ndim(x) != 0 and not _is_batch_leaf(x):
-            raise ValueError(
-                f"{owner}: {name} must be a scalar, got shape {np.shape(x)}"
-            )
+            raise ValueError(f"{owner}: {name} must be a scalar, got shape {np.shape(x)}")
         if np.any(np.isnan(np.asarray(x))):
             raise ValueError(f"{owner}: {name} must not be NaN")
 
@@ -242,9 +237,7 @@ def check_number(obj: Any, name: str, *, positive: bool = True) -> None:
     set_field(obj, name, x)
 
 
-def check_ints(
-    obj: Any, name: str, *, strictly_increasing: bool, minimum: int = 0
-) -> None:
+def check_ints(obj: Any, name: str, *, strictly_increasing: bool, minimum: int = 0) -> None:
     owner = type(obj).__name__
     xs = getattr(obj, name)
     if isinstance(xs, (str, bytes)) or not isinstance(xs, Sequence):
@@ -257,7 +250,7 @@ def check_ints(
         if x < minimum:
             raise ValueError(f"{owner}: {name} must be >= {minimum}, got {xs!r}")
         out.append(x)
-    pairs = list(zip(out, out[1:]))
+    pairs = list(itertools.pairwise(out))
     if strictly_increasing and any(b <= a for a, b in pairs):
         raise ValueError(f"{owner}: {name} must be strictly increasing, got {xs!r}")
     if not strictly_increasing and any(b < a for a, b in pairs):
@@ -348,14 +341,11 @@ class arithmetic(Schedule):
             x = getattr(self, side)
             if isinstance(x, Schedule):
                 continue
-            if isinstance(
-                x, (numbers.Real, np.ndarray, jax.Array)
-            ) or not _is_user_value(x):
+            if isinstance(x, (numbers.Real, np.ndarray, jax.Array)) or not _is_user_value(x):
                 check_leaf(self, side)
             else:
                 raise TypeError(
-                    f"schedule arithmetic: {side} operand must be a number or a "
-                    f"Schedule, got {x!r}"
+                    f"schedule arithmetic: {side} operand must be a number or a Schedule, got {x!r}"
                 )
         if self.op == "/" and isinstance(self.right, float) and self.right == 0.0:
             raise ValueError("schedule arithmetic: division by zero")

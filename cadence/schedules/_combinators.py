@@ -51,7 +51,7 @@ class join(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         value = self.schedules[0](t)
-        for boundary, s in zip(self.boundaries, self.schedules[1:]):
+        for boundary, s in zip(self.boundaries, self.schedules[1:], strict=True):
             # Children never see negative steps, even in the unselected branch.
             value = jnp.where(t >= boundary, s(jnp.maximum(t - boundary, 0)), value)
         return value
@@ -157,9 +157,7 @@ class restarts(Schedule):
         if self.mult == 1.0:
             i = jnp.floor(t / self.period)
         else:
-            i = jnp.floor(
-                jnp.log1p(t * (self.mult - 1) / self.period) / math.log(self.mult)
-            )
+            i = jnp.floor(jnp.log1p(t * (self.mult - 1) / self.period) / math.log(self.mult))
             # The logarithm can be off by one at exact restart steps: settle it.
             i = jnp.maximum(i, 0)
             i = jnp.where(self._start(i + 1) <= t, i + 1, i)
@@ -232,11 +230,7 @@ class clip(Schedule):
         B.check_leaf(self, "hi", optional=True)
         if self.lo is None and self.hi is None:
             raise ValueError("clip: give lo, hi or both")
-        if (
-            isinstance(self.lo, float)
-            and isinstance(self.hi, float)
-            and self.lo > self.hi
-        ):
+        if isinstance(self.lo, float) and isinstance(self.hi, float) and self.lo > self.hi:
             raise ValueError(f"clip: lo must be <= hi, got lo={self.lo}, hi={self.hi}")
 
     def _value(self, t: jax.Array) -> jax.Array:

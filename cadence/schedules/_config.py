@@ -57,11 +57,7 @@ def to_config(s: Schedule) -> dict[str, Any]:
         elif kind == B.CHILDREN:
             out[f.name] = [to_config(c) for c in value]
         elif kind == B.OPERAND:
-            out[f.name] = (
-                to_config(value)
-                if isinstance(value, Schedule)
-                else _float(value, where)
-            )
+            out[f.name] = to_config(value) if isinstance(value, Schedule) else _float(value, where)
         elif kind in (B.LEAF, B.OPT_LEAF):
             out[f.name] = None if value is None else _float(value, where)
         elif kind == B.LEAVES:
@@ -108,9 +104,7 @@ def from_config(config: dict[str, Any]) -> Schedule:
 
 def _build(config: Any, path: str) -> Schedule:
     if not isinstance(config, dict):
-        raise ValueError(
-            f"from_config: {path} must be a dict, got {type(config).__name__}"
-        )
+        raise ValueError(f"from_config: {path} must be a dict, got {type(config).__name__}")
     name = config.get("type")
     if not isinstance(name, str) or name not in REGISTRY:
         raise ValueError(
@@ -120,9 +114,7 @@ def _build(config: Any, path: str) -> Schedule:
     cls = REGISTRY[name]
     kinds = B.kinds(cls)
     if B.FUNCTION in kinds.values():
-        raise ValueError(
-            f"from_config: {path}: {name} schedules cannot be built from a config"
-        )
+        raise ValueError(f"from_config: {path}: {name} schedules cannot be built from a config")
     unknown = sorted(set(config) - set(kinds) - {"type"})
     if unknown:
         raise ValueError(f"from_config: {path}: unknown field(s) {unknown} for {name}")
@@ -130,9 +122,7 @@ def _build(config: Any, path: str) -> Schedule:
     for f in dataclasses.fields(cls):
         if f.name not in config:
             if f.default is dataclasses.MISSING:
-                raise ValueError(
-                    f"from_config: {path}: missing field {f.name!r} for {name}"
-                )
+                raise ValueError(f"from_config: {path}: missing field {f.name!r} for {name}")
             continue
         kwargs[f.name] = _field(config[f.name], kinds[f.name], f"{path}.{f.name}")
     try:

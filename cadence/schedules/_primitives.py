@@ -7,6 +7,7 @@ again, torch's CosineAnnealingLR is periodic), the difference is written down.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -187,9 +188,7 @@ class polynomial(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         init, end = as_float(self.init), as_float(self.end)
-        return end + (init - end) * pow_unless_one(
-            _remaining(t, self.steps), self.power
-        )
+        return end + (init - end) * pow_unless_one(_remaining(t, self.steps), self.power)
 
 
 @schedule_type
@@ -366,9 +365,7 @@ class inverse_sqrt(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         t = jnp.maximum(t, 0)
-        return as_float(self.init) * jax.lax.rsqrt(
-            (t + self.timescale) / self.timescale
-        )
+        return as_float(self.init) * jax.lax.rsqrt((t + self.timescale) / self.timescale)
 
 
 @schedule_type
@@ -456,7 +453,7 @@ class one_cycle(Schedule):
         B.check_choice(self, "anneal", _ANNEALS)
         B.check_bool(self, "three_phase")
         ends = [0.0, *self._phase_ends()]
-        if not self.pct_start < 1 or any(b <= a for a, b in zip(ends, ends[1:])):
+        if not self.pct_start < 1 or any(b <= a for a, b in itertools.pairwise(ends)):
             raise ValueError(
                 f"one_cycle: pct_start={self.pct_start} with steps={self.steps} "
                 f"gives empty or reversed phases (phase ends {ends[1:]})"
@@ -549,9 +546,7 @@ class cyclic(Schedule):
         total = self.up + self.down
         local = jnp.mod(t, total)
         # torch's x <= r and (x - 1) / (r - 1), in forms exact for integer steps.
-        scale = jnp.where(
-            local <= self.up, local / self.up, (total - local) / self.down
-        )
+        scale = jnp.where(local <= self.up, local / self.up, (total - local) / self.down)
         if self.mode == "triangular":
             amplitude = 1.0
         elif self.mode == "triangular2":

@@ -40,16 +40,12 @@ def _polynomial(
     peak: float, w: int, total: int | None, lr_end: float = 1e-7, power: float = 1.0
 ) -> Schedule:
     if not peak > lr_end:
-        raise ValueError(
-            f"get('polynomial'): lr_end ({lr_end}) must be smaller than peak ({peak})"
-        )
+        raise ValueError(f"get('polynomial'): lr_end ({lr_end}) must be smaller than peak ({peak})")
     steps = _need_total("polynomial", w, total)
     return warmup(polynomial(peak, steps, end=lr_end, power=power), w)
 
 
-def _cosine(
-    peak: float, w: int, total: int | None, num_cycles: float = 0.5
-) -> Schedule:
+def _cosine(peak: float, w: int, total: int | None, num_cycles: float = 0.5) -> Schedule:
     return warmup(cosine(peak, _need_total("cosine", w, total), cycles=num_cycles), w)
 
 
@@ -58,9 +54,7 @@ def _cosine_with_restarts(
 ) -> Schedule:
     steps = _need_total("cosine_with_restarts", w, total)
     if not num_cycles > 0:
-        raise ValueError(
-            f"get('cosine_with_restarts'): num_cycles must be > 0, got {num_cycles}"
-        )
+        raise ValueError(f"get('cosine_with_restarts'): num_cycles must be > 0, got {num_cycles}")
     period = steps / num_cycles
     if float(num_cycles).is_integer():
         period = steps // int(num_cycles) if steps % int(num_cycles) == 0 else period
@@ -86,9 +80,7 @@ def _cosine_with_min_lr(
     min_lr_rate: float | None = None,
 ) -> Schedule:
     if (min_lr is None) == (min_lr_rate is None):
-        raise ValueError(
-            "get('cosine_with_min_lr'): give exactly one of min_lr, min_lr_rate"
-        )
+        raise ValueError("get('cosine_with_min_lr'): give exactly one of min_lr, min_lr_rate")
     end = min_lr if min_lr is not None else peak * min_lr_rate
     steps = _need_total("cosine_with_min_lr", w, total)
     return warmup(cosine(peak, steps, end=end, cycles=num_cycles), w)
@@ -109,9 +101,7 @@ def _warmup_stable_decay(
         raise ValueError("get('warmup_stable_decay'): num_decay_steps is required")
     if num_stable_steps is None:
         if total is None:
-            raise ValueError(
-                "get('warmup_stable_decay'): give num_stable_steps or total_steps"
-            )
+            raise ValueError("get('warmup_stable_decay'): give num_stable_steps or total_steps")
         num_stable_steps = total - w - num_decay_steps
     return wsd(
         peak,
@@ -180,23 +170,15 @@ def get(
     """
     builder = _BUILDERS.get(name)
     if builder is None:
-        raise ValueError(
-            f"unknown schedule name {name!r}; known names: {', '.join(NAMES)}"
-        )
+        raise ValueError(f"unknown schedule name {name!r}; known names: {', '.join(NAMES)}")
     if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int):
-        raise TypeError(
-            f"get({name!r}): warmup_steps must be an int, got {warmup_steps!r}"
-        )
+        raise TypeError(f"get({name!r}): warmup_steps must be an int, got {warmup_steps!r}")
     if warmup_steps < 0:
-        raise ValueError(
-            f"get({name!r}): warmup_steps must be >= 0, got {warmup_steps}"
-        )
+        raise ValueError(f"get({name!r}): warmup_steps must be >= 0, got {warmup_steps}")
     if total_steps is not None and (
         isinstance(total_steps, bool) or not isinstance(total_steps, int)
     ):
-        raise TypeError(
-            f"get({name!r}): total_steps must be an int, got {total_steps!r}"
-        )
+        raise TypeError(f"get({name!r}): total_steps must be an int, got {total_steps!r}")
     accepted = builder.__code__.co_varnames[3 : builder.__code__.co_argcount]
     unknown = sorted(set(kw) - set(accepted))
     if unknown:
