@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 from . import _base as B
 from ._base import Schedule, as_float, field, safe_div, schedule_type
-from ._numerics import power
+from ._numerics import div, floor_div, power
 
 __all__ = ["clip", "join", "per_epoch", "restarts", "warmup"]
 
@@ -91,7 +91,7 @@ class warmup(Schedule):
             return after
         init = as_float(self.init)
         target = self.s(jnp.zeros((), t.dtype))
-        ramp = init + (target - init) * (jnp.maximum(t, 0) / self.steps)
+        ramp = init + (target - init) * div(jnp.maximum(t, 0), self.steps)
         return jnp.where(t < self.steps, ramp, after)
 
 
@@ -150,12 +150,12 @@ class restarts(Schedule):
         """First step of cycle ``i``."""
         if self.mult == 1.0:
             return i * self.period
-        return self.period * (power(self.mult, i) - 1) / (self.mult - 1)
+        return self.period * div(power(self.mult, i) - 1, self.mult - 1)
 
     def _value(self, t: jax.Array) -> jax.Array:
         t = jnp.maximum(t, 0)
         if self.mult == 1.0:
-            i = jnp.floor(t / self.period)
+            i = floor_div(t, self.period)
         else:
             i = jnp.floor(jnp.log1p(t * (self.mult - 1) / self.period) / math.log(self.mult))
             # The logarithm can be off by one at exact restart steps: settle it.
@@ -201,7 +201,7 @@ class per_epoch(Schedule):
         B.check_int(self, "steps_per_epoch", minimum=1)
 
     def _value(self, t: jax.Array) -> jax.Array:
-        return self.s(jnp.floor(jnp.maximum(t, 0) / self.steps_per_epoch))
+        return self.s(floor_div(jnp.maximum(t, 0), self.steps_per_epoch))
 
 
 @schedule_type

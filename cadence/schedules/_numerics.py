@@ -18,6 +18,31 @@ from jax.typing import ArrayLike
 from ._base import as_float
 
 
+def div(num: jax.Array, den: ArrayLike) -> jax.Array:
+    """``num / den``, correctly rounded even when `den` is a compile-time constant.
+
+    XLA rewrites a division by a constant as a multiplication by its rounded
+    reciprocal, so ``(10 - t) / 10`` is not exactly 1 at ``t = 0`` and
+    ``floor(970 / 97)`` can come out as 9. Adding ``0 * num`` (which XLA may
+    not fold for floats) keeps the divisor a runtime value and the division a
+    true one.
+    """
+    num = as_float(num)
+    return num / (as_float(den) + 0 * num)
+
+
+def floor_div(t: jax.Array, c: float) -> jax.Array:
+    """``floor(t / c)``, exact for integer-valued `t` and `c` on every backend.
+
+    The quotient is corrected with products, which are exact for integers
+    below 2**24 (float32), so an approximate division (as on TPU) cannot put a
+    step on the wrong side of a multiple of `c`.
+    """
+    q = jnp.floor(div(t, c))
+    q = jnp.where(q * c > t, q - 1, q)
+    return jnp.where((q + 1) * c <= t, q + 1, q)
+
+
 def cos_fraction(num: jax.Array, den: ArrayLike, cycles: ArrayLike = 0.5) -> jax.Array:
     """``0.5 * (1 + cos(2 pi cycles num / den))``, accurate to a few ulp.
 
@@ -29,10 +54,10 @@ def cos_fraction(num: jax.Array, den: ArrayLike, cycles: ArrayLike = 0.5) -> jax
     num = as_float(num)
     den = as_float(den)
     a = as_float(cycles) * num
-    n = jnp.round(a / den)
+    n = jnp.round(div(a, den))
     r = jnp.abs(a - n * den)
-    near_peak = jnp.cos(jnp.pi * r / den) ** 2
-    near_zero = jnp.sin(jnp.pi * (0.5 * den - r) / den) ** 2
+    near_peak = jnp.cos(jnp.pi * div(r, den)) ** 2
+    near_zero = jnp.sin(jnp.pi * div(0.5 * den - r, den)) ** 2
     return jnp.where(r <= 0.25 * den, near_peak, near_zero)
 
 
@@ -50,7 +75,10 @@ def power(base: ArrayLike, exponent: jax.Array) -> jax.Array:
         mantissa, exp = math.frexp(log)
         head = math.ldexp(round(mantissa * 4096) / 4096, exp)
         tail = log - head
-        return jnp.exp(as_float(head) * exponent) * jnp.exp(as_float(tail) * exponent)
+        # The barrier keeps XLA from folding exp(a) * exp(b) back into exp(a + b),
+        # which would round the exponent and undo the split.
+        big = jax.lax.optimization_barrier(jnp.exp(as_float(head) * exponent))
+        return big * jnp.exp(as_float(tail) * exponent)
     return jnp.power(as_float(base), exponent)
 
 
@@ -59,3 +87,9 @@ def pow_unless_one(x: jax.Array, exponent: ArrayLike) -> jax.Array:
     exponent = as_float(exponent)
     safe = jnp.where(x > 0, x, 1)
     return jnp.where(exponent == 1, x, jnp.where(x > 0, safe**exponent, 0))
+
+
+def safe_sqrt(x: jax.Array) -> jax.Array:
+    """``sqrt(max(x, 0))`` whose gradient at 0 is 0 rather than inf (NaN under where)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1)), 0)

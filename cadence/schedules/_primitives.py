@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from . import _base as B
 from ._base import Schedule, as_float, field, schedule_type
-from ._numerics import cos_fraction, pow_unless_one, power
+from ._numerics import cos_fraction, div, floor_div, pow_unless_one, power, safe_sqrt
 
 __all__ = [
     "constant",
@@ -38,7 +38,7 @@ __all__ = [
 def _remaining(t: jax.Array, steps: float) -> jax.Array:
     """``(steps - t) / steps`` clipped to [0, 1]: exactly 0 at ``t >= steps``."""
     t = jnp.clip(t, 0, steps)
-    return (steps - t) / steps
+    return div(steps - t, steps)
 
 
 @schedule_type
@@ -227,9 +227,8 @@ class exponential(Schedule):
         B.check_leaf(self, "end", optional=True)
 
     def _value(self, t: jax.Array) -> jax.Array:
-        e = jnp.maximum(t, 0) / self.every
-        if self.staircase:
-            e = jnp.floor(e)
+        t = jnp.maximum(t, 0)
+        e = floor_div(t, self.every) if self.staircase else div(t, self.every)
         value = as_float(self.init) * power(self.rate, e)
         if self.end is None:
             return value
@@ -263,7 +262,7 @@ class step_decay(Schedule):
         B.check_leaf(self, "gamma", nonnegative=True)
 
     def _value(self, t: jax.Array) -> jax.Array:
-        n = jnp.floor(jnp.maximum(t, 0) / self.every)
+        n = floor_div(jnp.maximum(t, 0), self.every)
         return as_float(self.init) * power(self.gamma, n)
 
 
@@ -365,7 +364,7 @@ class inverse_sqrt(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         t = jnp.maximum(t, 0)
-        return as_float(self.init) * jax.lax.rsqrt((t + self.timescale) / self.timescale)
+        return as_float(self.init) * jax.lax.rsqrt(div(t + self.timescale, self.timescale))
 
 
 @schedule_type
@@ -491,7 +490,7 @@ class one_cycle(Schedule):
             if self.anneal == "cos":
                 piece = b + (a - b) * cos_fraction(num, den)
             else:
-                piece = b + (a - b) * (den - num) / den
+                piece = b + (a - b) * div(den - num, den)
             value = piece if value is None else jnp.where(t > start, piece, value)
             start = end_step
         return value
@@ -546,11 +545,11 @@ class cyclic(Schedule):
         total = self.up + self.down
         local = jnp.mod(t, total)
         # torch's x <= r and (x - 1) / (r - 1), in forms exact for integer steps.
-        scale = jnp.where(local <= self.up, local / self.up, (total - local) / self.down)
+        scale = jnp.where(local <= self.up, div(local, self.up), div(total - local, self.down))
         if self.mode == "triangular":
             amplitude = 1.0
         elif self.mode == "triangular2":
-            cycle = jnp.floor(t / total)
+            cycle = floor_div(t, total)
             amplitude = power(0.5, cycle)
         else:
             amplitude = power(self.gamma, t)
@@ -614,19 +613,19 @@ class wsd(Schedule):
         left = jnp.clip(w - t, 0, max(w, 1))
         wd = max(w, 1)
         if self.warmup_shape == "linear":
-            up = (wd - left) / wd
+            up = div(wd - left, wd)
         elif self.warmup_shape == "cosine":
             up = cos_fraction(left, wd)
         else:  # 1 - sqrt(1 - p) = p / (1 + sqrt(1 - p))
-            up = ((wd - left) / wd) / (1 + jnp.sqrt(left / wd))
+            up = div(wd - left, wd) / (1 + safe_sqrt(div(left, wd)))
         local = jnp.clip(t - w - s, 0, max(d, 1))
         dd = max(d, 1)
         if self.shape == "linear":
-            down = (dd - local) / dd
+            down = div(dd - local, dd)
         elif self.shape == "cosine":
             down = cos_fraction(local, dd, self.cycles)
         else:  # 1 - sqrt(p) = (1 - p) / (1 + sqrt(p))
-            down = ((dd - local) / dd) / (1 + jnp.sqrt(local / dd))
+            down = div(dd - local, dd) / (1 + safe_sqrt(div(local, dd)))
         value = jnp.where(t < w, end + (peak - end) * up, peak)
         value = jnp.where(t >= w + s, end + (peak - end) * down, value)
         return jnp.where(t >= w + s + d, end, value)
