@@ -11,12 +11,16 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import _base as B
 from ._base import Schedule, as_float, field, safe_div, schedule_type
 from ._numerics import div, floor_div, power
 
 __all__ = ["clip", "join", "per_epoch", "restarts", "warmup"]
+
+# Cycles of `restarts` whose starts are tabulated exactly (see `restarts._starts`).
+_TABLED_CYCLES = 512
 
 
 @schedule_type
@@ -146,25 +150,50 @@ class restarts(Schedule):
         B.check_leaf(self, "decay", positive=True)
         B.check_int(self, "limit", minimum=1, optional=True)
 
-    def _start(self, i: jax.Array) -> jax.Array:
-        """First step of cycle ``i``."""
+    def _starts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Start and length of the first cycles, computed in float64 on the host.
+
+        A start that is a whole step (e.g. 110 for period 10, mult 10) must be
+        exact, or that step lands in the previous cycle; float32 arithmetic on
+        device cannot promise that, a table of float64 values can.
+        """
+        n = _TABLED_CYCLES if self.limit is None else min(self.limit, _TABLED_CYCLES)
+        # No cycle starts past 2**52 steps: stop there (and before overflow).
+        reach = math.log1p(2.0**52 * (self.mult - 1) / self.period) / math.log(self.mult)
+        n = min(n, math.ceil(reach) + 1)
+        i = np.arange(n + 1, dtype=np.float64)
+        lengths = self.period * self.mult**i
+        starts = self.period * (self.mult**i - 1) / (self.mult - 1)
+        keep = starts <= 2.0**52
+        return starts[keep], lengths[keep]
+
+    def _cycle(self, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Cycle index, first step and length of the cycle containing `t`."""
         if self.mult == 1.0:
-            return i * self.period
-        return self.period * div(power(self.mult, i) - 1, self.mult - 1)
+            i = floor_div(t, self.period)
+            return i, i * self.period, jnp.full_like(t, self.period)
+        starts, lengths = self._starts()
+        i_table = jnp.searchsorted(as_float(starts[:-1]), t, side="right") - 1
+        # Past the table (only for mult very close to 1): the closed form,
+        # settled by one step either way.
+        m, p = self.mult, self.period
+
+        def start(i: jax.Array) -> jax.Array:
+            return p * div(power(m, i) - 1, m - 1)
+
+        i_far = jnp.floor(jnp.log1p(div(t * (m - 1), p)) / math.log(m))
+        i_far = jnp.where(start(i_far + 1) <= t, i_far + 1, i_far)
+        i_far = jnp.where(start(i_far) > t, i_far - 1, i_far)
+        tabled = t < starts[-1]
+        i = jnp.where(tabled, as_float(i_table), i_far)
+        first = jnp.where(tabled, as_float(starts)[i_table], start(i_far))
+        length = jnp.where(tabled, as_float(lengths)[i_table], p * power(m, i_far))
+        return i, first, length
 
     def _value(self, t: jax.Array) -> jax.Array:
         t = jnp.maximum(t, 0)
-        if self.mult == 1.0:
-            i = floor_div(t, self.period)
-        else:
-            i = jnp.floor(jnp.log1p(t * (self.mult - 1) / self.period) / math.log(self.mult))
-            # The logarithm can be off by one at exact restart steps: settle it.
-            i = jnp.maximum(i, 0)
-            i = jnp.where(self._start(i + 1) <= t, i + 1, i)
-            i = jnp.where(self._start(i) > t, i - 1, i)
-        start = self._start(i)
-        length = self.period * power(self.mult, i) if self.mult != 1.0 else self.period
-        x = (t - start) * (self.period / length) if self.mult != 1.0 else t - start
+        i, first, length = self._cycle(t)
+        x = t - first if self.mult == 1.0 else div((t - first) * self.period, length)
         inner = self.s(x)
         peak = self.s(jnp.zeros((), t.dtype))
         floor = self.s(jnp.full((), self.period, t.dtype))
