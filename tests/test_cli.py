@@ -1,0 +1,91 @@
+"""`python -m cadence`: plot and demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cadence import schedules as S
+from cadence.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def _agg(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+def _png(path) -> bytes:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return data
+
+
+@pytest.mark.parametrize("name", S.NAMES)
+def test_plot_every_registered_name(tmp_path, name, capsys):
+    kw = {
+        "polynomial": ["--kw", "lr_end=1e-6", "--kw", "power=2"],
+        "cosine_with_min_lr": ["--kw", "min_lr_rate=0.1"],
+        "warmup_stable_decay": ["--kw", "num_decay_steps=30"],
+    }.get(name, [])
+    out = tmp_path / f"{name}.png"
+    assert main(["plot", name, "--steps", "120", "--warmup", "10", "-o", str(out), *kw]) == 0
+    _png(out)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_plot_a_config_file_and_inline_json(tmp_path):
+    s = S.restarts(S.cosine(1.0, 20, end=0.1), 20, mult=2.0)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(S.to_config(s)))
+    assert main(["plot", str(path), "--steps", "100", "-o", str(tmp_path / "a.png")]) == 0
+    inline = json.dumps(S.to_config(S.linear(1.0, 0.0, 50)))
+    assert main(["plot", inline, "--steps", "60", "-o", str(tmp_path / "b.png")]) == 0
+    _png(tmp_path / "a.png")
+    _png(tmp_path / "b.png")
+
+
+def test_plot_title_is_the_schedule_repr(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    s = S.get("cosine", 1e-3, 10, 100)
+    ax = S.plot(s, 100)
+    assert ax.get_title().replace("\n", "") == repr(s)
+    assert ax.get_xlabel() == "step"
+    xs, ys = ax.lines[0].get_data()
+    assert len(xs) == 101 and ys[10] == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["plot", "nonsense"], "neither a registered name"),
+        (["plot", "cosine", "--kw", "num_cycles"], "KEY=VALUE"),
+        (["plot", "cosine", "--kw", "bogus=1"], "unknown keyword"),
+        (["plot", '{"type": "nope"}'], "is not a schedule type"),
+        (["plot", "missing.json"], "No such file"),
+    ],
+)
+def test_plot_errors_are_reported_not_raised(tmp_path, argv, message, capsys):
+    assert main([*argv, "-o", str(tmp_path / "x.png")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_help_lists_the_names_and_examples():
+    result = subprocess.run(
+        [sys.executable, "-m", "cadence", "plot", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "warmup_stable_decay" in result.stdout and "examples:" in result.stdout
+
+
+def test_demo_exits_zero():
+    result = subprocess.run(
+        [sys.executable, "-m", "cadence", "demo"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
