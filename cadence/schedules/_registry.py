@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._base import Schedule
+from ._base import Schedule, is_concrete_number
 from ._combinators import join, restarts, warmup
 from ._primitives import constant, cosine, inverse_sqrt, linear, polynomial, wsd
 
@@ -39,7 +39,7 @@ def _linear(peak: float, w: int, total: int | None) -> Schedule:
 def _polynomial(
     peak: float, w: int, total: int | None, lr_end: float = 1e-7, power: float = 1.0
 ) -> Schedule:
-    if not peak > lr_end:
+    if is_concrete_number(peak) and not peak > lr_end:
         raise ValueError(f"get('polynomial'): lr_end ({lr_end}) must be smaller than peak ({peak})")
     steps = _need_total("polynomial", w, total)
     return warmup(polynomial(peak, steps, end=lr_end, power=power), w)
@@ -186,6 +186,7 @@ def get(
             f"get({name!r}): unknown keyword(s) {', '.join(unknown)}; "
             f"accepted: {', '.join(accepted) or 'none'}"
         )
-    if not math.isfinite(peak):
+    # `peak` may be traced (a vmapped sweep): check it only when it is a number.
+    if is_concrete_number(peak) and not math.isfinite(peak):
         raise ValueError(f"get({name!r}): peak must be finite, got {peak!r}")
     return builder(peak, warmup_steps, total_steps, **kw)

@@ -140,3 +140,18 @@ def test_from_fn_works_everywhere_but_config():
         S.to_config(FROM_FN)
     with pytest.raises(ValueError, match="from_fn"):
         S.to_config(S.warmup(FROM_FN, 3))
+
+
+@pytest.mark.parametrize("name", S.NAMES)
+def test_registry_schedules_accept_a_traced_peak(name):
+    kw = {
+        "polynomial": {"lr_end": 0.0},
+        "cosine_with_min_lr": {"min_lr_rate": 0.1},
+        "warmup_stable_decay": {"num_decay_steps": 20},
+    }.get(name, {})
+
+    def curve(peak):
+        return S.get(name, peak, warmup_steps=10, total_steps=100, **kw)(jnp.arange(101))
+
+    curves = jax.vmap(curve)(jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(curves[1], 2 * curves[0], rtol=1e-6, atol=1e-12)
