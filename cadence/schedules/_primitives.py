@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from . import _base as B
-from ._base import Schedule, as_float, field, schedule_type
+from ._base import Schedule, as_float, field, float_dtype, schedule_type
 from ._numerics import cos_fraction, div, floor_div, pow_unless_one, power, safe_sqrt
 
 __all__ = [
@@ -414,6 +414,10 @@ class one_cycle(Schedule):
     value at ``2 * pct_start * steps - 2`` first). These are torch's float
     phase ends (optax's onecycle ends each phase one step later).
 
+    With ``anneal="linear"`` in float64, the value repeats torch's own
+    arithmetic, so its last value carries torch's rounding (about 1e-11
+    relative); in float32 it is the closest float32 to torch's value.
+
     Past the horizon: torch accepts one extra step (``last_epoch == steps``)
     and extrapolates the last phase there; this schedule holds the final value
     from ``steps - 1`` on.
@@ -489,6 +493,13 @@ class one_cycle(Schedule):
             num, den = t - start, end_step - start
             if self.anneal == "cos":
                 piece = b + (a - b) * cos_fraction(num, den)
+            elif float_dtype() == jnp.float64:
+                # The target is torch's float64 value. In float64 we can repeat
+                # torch's own `(end - start) * pct + start`, rounding and all
+                # (at pct = 1 it is ~1e-11 off `end`); in float32 that form
+                # would lose the small end value to cancellation, so there we
+                # compute the value's closest float32 from the remaining part.
+                piece = a + (b - a) * div(num, den)
             else:
                 piece = b + (a - b) * div(den - num, den)
             value = piece if value is None else jnp.where(t > start, piece, value)

@@ -452,8 +452,6 @@ def _torch_cases() -> list[Case]:
             lambda L, o: L.CosineAnnealingWarmRestarts(o, T_0=12, eta_min=0.02),
             lambda: S.restarts(S.cosine(0.5, 12, end=0.02), 12),
         ),
-        # OneCycleLR extrapolates at last_epoch == total_steps, where cadence holds
-        # its final value: compare 0..total_steps-1.
         *_one_cycle_cases(),
         *_cyclic_cases(),
         C(
@@ -502,105 +500,90 @@ def _torch_cases() -> list[Case]:
     ]
 
 
+def _one_cycle(label: str, max_lr: float, total: int, **kw: Any) -> Case:
+    """OneCycleLR (`kw` in torch's names) against `S.one_cycle`, at steps 0..total-1."""
+
+    def make(L: Any, o: Any) -> Any:
+        return L.OneCycleLR(o, max_lr=max_lr, total_steps=total, cycle_momentum=False, **kw)
+
+    def build() -> S.Schedule:
+        return S.one_cycle(
+            max_lr,
+            total,
+            pct_start=kw.get("pct_start", 0.3),
+            div_factor=kw.get("div_factor", 25.0),
+            final_div_factor=kw.get("final_div_factor", 1e4),
+            anneal=kw.get("anneal_strategy", "cos"),
+            three_phase=kw.get("three_phase", False),
+        )
+
+    return _torch(f"OneCycleLR-{label}", max_lr, total - 1, make, build)
+
+
 def _one_cycle_cases() -> list[Case]:
-    configs: list[tuple[str, float, int, dict[str, Any]]] = [
-        ("cos", 0.1, 100, {}),
-        ("linear", 0.1, 100, {"anneal_strategy": "linear"}),
-        (
+    # OneCycleLR extrapolates at last_epoch == total_steps, where cadence holds
+    # its final value: compare 0..total_steps-1.
+    C = _one_cycle
+    return [
+        C("cos", 0.1, 100),
+        C("linear", 0.1, 100, anneal_strategy="linear"),
+        C(
             "cos-pct0.4-div5-final1e3",
             1.0,
             150,
-            dict(pct_start=0.4, div_factor=5.0, final_div_factor=1e3),
+            pct_start=0.4,
+            div_factor=5.0,
+            final_div_factor=1e3,
         ),
-        ("cos-three_phase-pct0.25", 0.1, 120, dict(pct_start=0.25, three_phase=True)),
-        (
+        C("cos-three_phase-pct0.25", 0.1, 120, pct_start=0.25, three_phase=True),
+        C(
             "linear-three_phase-div10-final100",
             0.5,
             90,
-            dict(
-                anneal_strategy="linear", three_phase=True, div_factor=10.0, final_div_factor=100.0
-            ),
+            anneal_strategy="linear",
+            three_phase=True,
+            div_factor=10.0,
+            final_div_factor=100.0,
         ),
-        ("cos-fractional-phase-total57", 0.1, 57, {}),
-        ("linear-pct0.15-total73", 0.3, 73, dict(anneal_strategy="linear", pct_start=0.15)),
+        # pct_start * total - 1 = 16.1: fractional phase ends.
+        C("cos-fractional-phase-total57", 0.1, 57),
+        C("linear-pct0.15-total73", 0.3, 73, anneal_strategy="linear", pct_start=0.15),
     ]
-    cases = []
-    for label, max_lr, total, kw in configs:
-        torch_kw = dict(kw)
 
-        def make(
-            L: Any,
-            o: Any,
-            max_lr: float = max_lr,
-            total: int = total,
-            torch_kw: dict[str, Any] = torch_kw,
-        ) -> Any:
-            return L.OneCycleLR(
-                o, max_lr=max_lr, total_steps=total, cycle_momentum=False, **torch_kw
-            )
 
-        def build(
-            max_lr: float = max_lr, total: int = total, kw: dict[str, Any] = torch_kw
-        ) -> S.Schedule:
-            return S.one_cycle(
-                max_lr,
-                total,
-                pct_start=kw.get("pct_start", 0.3),
-                div_factor=kw.get("div_factor", 25.0),
-                final_div_factor=kw.get("final_div_factor", 1e4),
-                anneal=kw.get("anneal_strategy", "cos"),
-                three_phase=kw.get("three_phase", False),
-            )
+def _cyclic(
+    label: str, base: float, peak: float, up: int, down: int | None, mode: str, gamma: float = 1.0
+) -> Case:
+    """CyclicLR (lr only: no momentum cycling) against `S.cyclic`, at steps 0..120."""
 
-        cases.append(_torch(f"OneCycleLR-{label}", max_lr, total - 1, make, build))
-    return cases
+    def make(L: Any, o: Any) -> Any:
+        return L.CyclicLR(
+            o,
+            base_lr=base,
+            max_lr=peak,
+            step_size_up=up,
+            step_size_down=down,
+            mode=mode,
+            gamma=gamma,
+            cycle_momentum=False,
+        )
+
+    def build() -> S.Schedule:
+        return S.cyclic(base, peak, up, down, mode=mode, gamma=gamma)
+
+    return _torch(f"CyclicLR-{label}", base, 120, make, build)
 
 
 def _cyclic_cases() -> list[Case]:
-    configs: list[tuple[str, float, float, int, int | None, str, float]] = [
-        ("triangular-up10-down15", 1e-3, 0.1, 10, 15, "triangular", 1.0),
-        ("triangular-up20", 0.01, 0.1, 20, None, "triangular", 1.0),
-        ("triangular2-up8-down12", 1e-3, 0.1, 8, 12, "triangular2", 1.0),
-        ("triangular2-up5-down3", 0.05, 0.5, 5, 3, "triangular2", 1.0),
-        ("exp_range-up10-down5-gamma0.99", 1e-3, 0.1, 10, 5, "exp_range", 0.99),
-        ("exp_range-up6-down14-gamma0.995", 0.01, 1.0, 6, 14, "exp_range", 0.995),
+    Y = _cyclic
+    return [
+        Y("triangular-up10-down15", 1e-3, 0.1, 10, 15, "triangular"),
+        Y("triangular-up20", 0.01, 0.1, 20, None, "triangular"),
+        Y("triangular2-up8-down12", 1e-3, 0.1, 8, 12, "triangular2"),
+        Y("triangular2-up5-down3", 0.05, 0.5, 5, 3, "triangular2"),
+        Y("exp_range-up10-down5-gamma0.99", 1e-3, 0.1, 10, 5, "exp_range", 0.99),
+        Y("exp_range-up6-down14-gamma0.995", 0.01, 1.0, 6, 14, "exp_range", 0.995),
     ]
-    cases = []
-    for label, base, peak, up, down, mode, gamma in configs:
-
-        def make(
-            L: Any,
-            o: Any,
-            base: float = base,
-            peak: float = peak,
-            up: int = up,
-            down: int | None = down,
-            mode: str = mode,
-            gamma: float = gamma,
-        ) -> Any:
-            return L.CyclicLR(
-                o,
-                base_lr=base,
-                max_lr=peak,
-                step_size_up=up,
-                step_size_down=down,
-                mode=mode,
-                gamma=gamma,
-                cycle_momentum=False,
-            )
-
-        def build(
-            base: float = base,
-            peak: float = peak,
-            up: int = up,
-            down: int | None = down,
-            mode: str = mode,
-            gamma: float = gamma,
-        ) -> S.Schedule:
-            return S.cyclic(base, peak, up, down, mode=mode, gamma=gamma)
-
-        cases.append(_torch(f"CyclicLR-{label}", base, 120, make, build))
-    return cases
 
 
 def _sequential_cases() -> list[Case]:
