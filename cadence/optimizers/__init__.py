@@ -1,1 +1,34 @@
-"""Optimizers with torch.optim's numerics, as optax-compatible transformations."""
+"""Optimizers with torch.optim's numerics, as optax-compatible transformations.
+
+Every optimizer is a frozen dataclass and a JAX pytree with
+``init(params) -> state`` and ``update(grads, state, params) -> (deltas, state)``;
+``optax.apply_updates(params, deltas)`` applies the step. Every float
+hyperparameter takes a number, a cadence schedule or a callable of the count.
+
+Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from cadence import optimizers as O, schedules as S
+    >>> opt = O.chain(O.clip_by_global_norm(1.0), O.adamw(S.cosine(1e-2, 100)))
+    >>> params = {"w": jnp.ones(3)}
+    >>> state = opt.init(params)
+    >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params)
+    >>> updates, state = opt.update(grads, state, params)
+    >>> optax.apply_updates(params, updates)["w"]
+    Array([0.9899, 0.9899, 0.9899], dtype=float32)
+"""
+
+from ._base import Transformation as Transformation
+from ._config import from_config as from_config
+from ._hyperparams import hyperparams as hyperparams
+from ._optimizers import adagrad as adagrad
+from ._optimizers import adam as adam
+from ._optimizers import adamw as adamw
+from ._optimizers import lion as lion
+from ._optimizers import rmsprop as rmsprop
+from ._optimizers import sgd as sgd
+from ._transforms import chain as chain
+from ._transforms import clip_by_global_norm as clip_by_global_norm
+from ._transforms import clip_by_value as clip_by_value
+from ._wrappers import accumulate as accumulate
+from ._wrappers import reduce_on_plateau as reduce_on_plateau
+from ._wrappers import skip_nonfinite as skip_nonfinite

@@ -1,0 +1,209 @@
+"""Transformations to and from JSON-safe dicts.
+
+`from_config` only ever builds registered transformation types (and schedules
+through `S.from_config`) from plain JSON data: no `eval`, no pickle, no
+imports by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+from cadence import schedules as S
+
+from . import _base as B
+from ._base import REGISTRY, Transformation
+from ._transforms import chain, foreign
+
+__all__ = ["from_config", "to_config"]
+
+
+def to_config(tx: Transformation) -> dict[str, Any]:
+    """A JSON-safe dict describing `tx`, nested for chains and wrappers (see `to_config()`)."""
+    return _config(tx, type(tx).__name__)
+
+
+def _config(tx: Any, where: str) -> dict[str, Any]:
+    if isinstance(tx, foreign):
+        raise ValueError(
+            f"to_config: {where} is not a cadence transformation ({tx!r}); it has no config"
+        )
+    if not isinstance(tx, Transformation):
+        raise TypeError(f"to_config: expected a cadence transformation, got {tx!r}")
+    name = type(tx).__name__
+    if isinstance(tx, chain):
+        return {
+            "type": name,
+            "txs": [_config(t, f"{where}.txs[{i}]") for i, t in enumerate(tx.txs)],
+        }
+    out: dict[str, Any] = {"type": name}
+    for f in dataclasses.fields(tx):
+        kind = f.metadata["kind"]
+        value = getattr(tx, f.name)
+        at = f"{where}.{f.name}"
+        if kind == B.HYPER:
+            out[f.name] = _hyper(value, at)
+        elif kind == B.FLOAT:
+            out[f.name] = _float(value, at)
+        elif kind == B.GROUPS:
+            out[f.name] = (
+                None
+                if value is None
+                else {
+                    pattern: {k: _hyper(v, f"{at}[{pattern!r}][{k!r}]") for k, v in group.items()}
+                    for pattern, group in value.items()
+                }
+            )
+        elif kind == B.CHILD:
+            out[f.name] = _config(value, at)
+        elif kind == B.NORM:
+            out[f.name] = "inf" if value == math.inf else value
+        else:
+            out[f.name] = value
+    return out
+
+
+def _hyper(value: Any, where: str) -> Any:
+    if isinstance(value, S.Schedule):
+        try:
+            return S.to_config(value)
+        except ValueError as e:
+            raise ValueError(
+                f"to_config: {where} is a Python function, which has no config; use a cadence "
+                f"schedule ({e})"
+            ) from e
+    return _float(value, where)
+
+
+def _float(x: Any, where: str) -> float:
+    if isinstance(x, jax.core.Tracer):
+        raise ValueError(f"to_config: {where} is a traced value")
+    if np.ndim(x) != 0:
+        raise ValueError(f"to_config: {where} is not a scalar (shape {np.shape(x)})")
+    value = float(x)
+    if not math.isfinite(value):
+        raise ValueError(f"to_config: {where} is not finite ({value})")
+    return value
+
+
+def from_config(config: dict[str, Any]) -> Transformation:
+    """Rebuild an optimizer or transformation from its `to_config()` dict.
+
+    Args:
+        config: a dict as produced by ``tx.to_config()`` (e.g. read from JSON).
+
+    Returns:
+        The transformation, equal to the one that produced the config.
+
+    Raises:
+        ValueError: for an unknown type, missing or unknown fields, or values
+            of the wrong kind; the message names the offending path.
+
+    Example:
+        >>> from cadence import optimizers as O, schedules as S
+        >>> opt = O.chain(O.clip_by_global_norm(1.0), O.adamw(S.cosine(1e-3, 1000)))
+        >>> O.from_config(opt.to_config()) == opt
+        True
+        >>> O.from_config({"type": "sgd", "lr": 0.1, "momentum": 0.9})
+        sgd(lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
+            state_dtype=None, groups=None)
+    """
+    return _build(config, "config")
+
+
+def _build(config: Any, path: str) -> Transformation:
+    if not isinstance(config, dict):
+        raise ValueError(f"from_config: {path} must be a dict, got {type(config).__name__}")
+    name = config.get("type")
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ValueError(
+            f"from_config: {path}.type {name!r} is not a transformation type; known: "
+            f"{', '.join(sorted(REGISTRY))}"
+        )
+    cls = REGISTRY[name]
+    if cls is chain:
+        unknown = sorted(set(config) - {"type", "txs"})
+        txs = config.get("txs")
+        if unknown or not isinstance(txs, list):
+            raise ValueError(f"from_config: {path}: chain needs a list 'txs' and nothing else")
+        return chain(*(_build(c, f"{path}.txs[{i}]") for i, c in enumerate(txs)))
+    kinds = B.kinds(cls)
+    unknown = sorted(set(config) - set(kinds) - {"type"})
+    if unknown:
+        raise ValueError(f"from_config: {path}: unknown field(s) {unknown} for {name}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in config:
+            if f.default is dataclasses.MISSING:
+                raise ValueError(f"from_config: {path}: missing field {f.name!r} for {name}")
+            continue
+        kwargs[f.name] = _field(config[f.name], kinds[f.name], f"{path}.{f.name}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"from_config: {path}: {e}") from e
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _field(value: Any, kind: str, path: str) -> Any:
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"from_config: {path} must be {expected}, got {value!r}")
+
+    if kind == B.HYPER:
+        return _hyper_value(value, path, bad)
+    if kind == B.FLOAT:
+        if not _is_number(value):
+            raise bad("a number")
+        return value
+    if kind == B.NORM:
+        if value == "inf" or _is_number(value):
+            return value
+        raise bad('a number or "inf"')
+    if kind == B.CHILD:
+        return _build(value, path)
+    if kind == B.GROUPS:
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(isinstance(g, dict) for g in value.values()):
+            raise bad("a dict of dicts")
+        return {
+            pattern: {k: _hyper_value(v, f"{path}[{pattern!r}][{k!r}]", bad) for k, v in g.items()}
+            for pattern, g in value.items()
+        }
+    if kind == B.INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        return value
+    if kind == B.BOOL:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind == B.STR:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if kind == B.DTYPE:
+        if value is not None and not isinstance(value, str):
+            raise bad("a dtype name or null")
+        return value
+    raise bad("a known field")  # pragma: no cover
+
+
+def _hyper_value(value: Any, path: str, bad: Any) -> Any:
+    if isinstance(value, dict):
+        try:
+            return S.from_config(value)
+        except ValueError as e:
+            raise ValueError(f"from_config: {path}: {e}") from e
+    if not _is_number(value):
+        raise bad("a number or a schedule config")
+    return value

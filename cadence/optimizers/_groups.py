@@ -1,0 +1,211 @@
+"""Parameter groups: per-parameter hyperparameters chosen by glob patterns on paths.
+
+A parameter's path is its key path joined with '/' (dict keys, sequence
+indices, dataclass and NamedTuple field names): ``{"encoder": {"w": ...}}``
+has the path ``encoder/w``. In a pattern, ``*`` matches within one path
+component, ``**`` across components (``encoder/**``, ``**/bias``) and ``?``
+one character; everything else is literal. The first matching pattern wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any, final
+
+import jax
+
+from cadence import schedules as S
+
+from ._base import as_float, is_zero, normalize_hyper, path_str
+
+__all__ = ["DEFAULT", "Groups"]
+
+# The key under which `hyperparams` reports the parameters no pattern matched.
+DEFAULT = "default"
+
+
+@functools.lru_cache(maxsize=1024)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """The regular expression for a glob pattern on '/'-joined paths."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")  # zero or more whole components
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def matches(pattern: str, path: str) -> bool:
+    """Whether a glob pattern matches a whole '/'-joined path.
+
+    Example:
+        >>> from cadence.optimizers._groups import matches
+        >>> matches("*/bias", "dense/bias"), matches("*/bias", "enc/dense/bias")
+        (True, False)
+        >>> matches("encoder/**", "encoder/layer0/w"), matches("**/bias", "bias")
+        (True, True)
+    """
+    return compile_pattern(pattern).fullmatch(path) is not None
+
+
+@final
+@dataclasses.dataclass(frozen=True)
+class Groups:
+    """Parameter groups, immutable and hashable; prints as the dict it was built from.
+
+    Patterns and hyperparameter names are static; the values are pytree leaves
+    (or schedules), like the optimizer's own hyperparameters, except that the
+    names in `static_zero` are static while they are 0 (see
+    `transformation_type`).
+    """
+
+    patterns: tuple[str, ...]
+    names: tuple[tuple[str, ...], ...]
+    values: tuple[tuple[Any, ...], ...]
+    static_zero: frozenset[str] = frozenset()
+
+    @classmethod
+    def build(
+        cls,
+        owner: str,
+        groups: Mapping[str, Mapping[str, Any]],
+        checks: dict[str, str],
+        static_zero: frozenset[str] = frozenset(),
+    ) -> Groups:
+        """Validate a user's ``{pattern: {name: value}}`` dict."""
+        if not isinstance(groups, Mapping):
+            raise TypeError(f"{owner}: groups must be a dict of dicts, got {groups!r}")
+        patterns, names, values = [], [], []
+        for pattern, group in groups.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(
+                    f"{owner}: group patterns must be non-empty strings, got {pattern!r}"
+                )
+            if pattern == DEFAULT:
+                raise ValueError(
+                    f"{owner}: {DEFAULT!r} is reserved for the parameters no pattern matches"
+                )
+            if not isinstance(group, Mapping):
+                raise TypeError(f"{owner}: groups[{pattern!r}] must be a dict, got {group!r}")
+            for name in group:
+                if name not in checks:
+                    raise ValueError(
+                        f"{owner}: unknown hyperparameter {name!r} in groups[{pattern!r}]; "
+                        f"groups can set {', '.join(checks)}"
+                    )
+            patterns.append(pattern)
+            names.append(tuple(group))
+            values.append(
+                tuple(
+                    normalize_hyper(owner, f"groups[{pattern!r}][{name!r}]", v, checks[name])
+                    for name, v in group.items()
+                )
+            )
+        return cls(tuple(patterns), tuple(names), tuple(values), frozenset(static_zero))
+
+    def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for pattern, names, values in zip(self.patterns, self.names, self.values, strict=True):
+            yield pattern, dict(zip(names, values, strict=True))
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return dict(self.items())
+
+    def __repr__(self) -> str:
+        return repr(self.as_dict())
+
+
+def _flatten(groups: Groups) -> tuple[list[Any], Any]:
+    leaves, zeros = [], []
+    for names, values in zip(groups.names, groups.values, strict=True):
+        for name, value in zip(names, values, strict=True):
+            if name in groups.static_zero and is_zero(value):
+                zeros.append(value)
+            else:
+                leaves.append(value)
+                zeros.append(None)
+    return leaves, (groups.patterns, groups.names, groups.static_zero, tuple(zeros))
+
+
+def _unflatten(aux: Any, leaves: Any) -> Groups:
+    patterns, names, static_zero, zeros = aux
+    leaves = iter(leaves)
+    flat = [next(leaves) if z is None else z for z in zeros]
+    values, i = [], 0
+    for group in names:
+        values.append(tuple(flat[i : i + len(group)]))
+        i += len(group)
+    return Groups(patterns, names, tuple(values), static_zero)
+
+
+jax.tree_util.register_pytree_node(Groups, _flatten, _unflatten)
+
+
+def assign(owner: str, groups: Groups | None, tree: Any, *, warn: bool = False) -> list[int]:
+    """The group of each leaf of `tree`: 0 for the default, i + 1 for pattern i.
+
+    With `warn`, a pattern that claims no leaf raises a UserWarning naming it.
+    """
+    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    if groups is None:
+        return [0] * len(paths)
+    out = []
+    claimed = [0] * len(groups.patterns)
+    for path in paths:
+        index = 0
+        for i, pattern in enumerate(groups.patterns):
+            if matches(pattern, path):
+                index = i + 1
+                claimed[i] += 1
+                break
+        out.append(index)
+    if warn:
+        for pattern, n in zip(groups.patterns, claimed, strict=True):
+            if n == 0:
+                shadowed = any(matches(pattern, p) for p in paths)
+                why = "only parameters an earlier pattern took" if shadowed else "no parameter"
+                warnings.warn(f"{owner}: group pattern {pattern!r} matches {why}", stacklevel=3)
+    return out
+
+
+def evaluate(x: Any, count: jax.Array) -> jax.Array:
+    """A hyperparameter at the update count, in the default float dtype (float32 or wider)."""
+    if isinstance(x, S.Schedule):
+        return as_float(x(count))
+    return as_float(x)
+
+
+def group_values(
+    defaults: dict[str, Any], groups: Groups | None, count: jax.Array
+) -> list[dict[str, jax.Array]]:
+    """Evaluated hyperparameters per group (index 0: the default group)."""
+    base = {name: evaluate(x, count) for name, x in defaults.items()}
+    out = [base]
+    if groups is not None:
+        for _, group in groups.items():
+            out.append(base | {name: evaluate(x, count) for name, x in group.items()})
+    return out
+
+
+def record(values: list[dict[str, jax.Array]], groups: Groups | None) -> dict[str, Any]:
+    """The state's record of the hyperparameters used: by name, then by group pattern."""
+    if groups is None:
+        return dict(values[0])
+    keys = (DEFAULT, *groups.patterns)
+    return {name: {k: v[name] for k, v in zip(keys, values, strict=True)} for name in values[0]}

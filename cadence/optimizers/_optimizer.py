@@ -1,0 +1,214 @@
+"""The machinery behind every torch.optim optimizer: groups, records, per-leaf kernels.
+
+A concrete optimizer declares its state type, the per-leaf buffers it keeps,
+a per-group scalar step (`_scalars`: bias corrections and the like, computed
+once per group from the hyperparameters and the count) and a per-leaf kernel
+(`_kernel`) that is an elementwise function of (param, grad, buffers, scalars).
+Keeping the kernel elementwise is what lets a later fused implementation run
+many leaves in one pass without touching the numerics.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from ._base import (
+    Transformation,
+    check_tree,
+    compute_dtype,
+    dtype_of,
+    hyper_fields,
+    increment,
+    is_zero,
+    path_str,
+    set_field,
+    zero_count,
+)
+from ._groups import Groups, assign, group_values, record
+
+__all__ = ["Optimizer"]
+
+
+def lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
+    """torch's ``a.lerp_(b, w)`` for ``w < 0.5`` (its other formula differs only in rounding)."""
+    return a + w * (b - a)
+
+
+class Optimizer(Transformation):
+    """Abstract base of the torch.optim optimizers (see `sgd`, `adam`, ...).
+
+    Concrete classes declare the fields ``state_dtype`` and ``groups`` last.
+    """
+
+    State: ClassVar[type]
+    # Hyperparameters that multiply the parameters (so `update` needs params
+    # unless they are the number 0).
+    _decay: ClassVar[tuple[str, ...]] = ("weight_decay",)
+    # Buffers that exist only when a hyperparameter is nonzero (buffer ->
+    # hyperparameter). A state may hold one although this configuration would
+    # not allocate it (momentum has become 0: the kernel then matches torch's
+    # no-momentum path), and may lack one while the hyperparameter is traced
+    # (the optimizer passed to jit as an argument; its value is unknown).
+    _optional: ClassVar[dict[str, str]] = {}
+    # Hyperparameters that torch tests against 0 (``if weight_decay != 0``):
+    # static in the pytree while they are 0 (see `transformation_type`).
+    _static_zero: ClassVar[tuple[str, ...]] = ("weight_decay", "momentum")
+
+    state_dtype: str | None
+    groups: Groups | None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        groups = self.groups
+        if isinstance(groups, Mapping):
+            owner = type(self).__name__
+            checks = hyper_fields(type(self))
+            zero = frozenset(getattr(self, "_static_zero", ()))
+            groups = Groups.build(owner, groups, checks, zero) if groups else None
+            set_field(self, "groups", groups)
+        elif isinstance(groups, (str, bytes, Sequence, numbers.Number)):
+            # (Anything else is a placeholder from a jax tree utility.)
+            raise TypeError(f"{type(self).__name__}: groups must be a dict, got {groups!r}")
+
+    # ---------------------------------------------------------------- contract
+
+    def _buffers(self) -> tuple[str, ...]:
+        """The per-leaf buffers `init` allocates for this configuration."""
+        raise NotImplementedError
+
+    def _init_buffer(self, name: str, shape: tuple[int, ...], dtype: Any, hp: dict) -> jax.Array:
+        del name, hp
+        return jnp.zeros(shape, dtype)
+
+    def _scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
+        """Per-group scalars for the kernel (hyperparameters included)."""
+        return hp
+
+    def _kernel(
+        self, p: jax.Array | None, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One leaf's update and new buffers; `p` is None when no decay applies."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- helpers
+
+    def _defaults(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in hyper_fields(type(self))}
+
+    def _all(self, name: str) -> list[Any]:
+        """A hyperparameter's value in the default group and in every group."""
+        values = [getattr(self, name)]
+        if self.groups is not None:
+            values += [g[name] for _, g in self.groups.items() if name in g]
+        return values
+
+    def _nonzero(self, name: str) -> bool:
+        """False only when `name` is the number 0 everywhere (decided at trace time)."""
+        return not all(is_zero(x) for x in self._all(name))
+
+    def _traced(self, name: str) -> bool:
+        return any(isinstance(x, jax.core.Tracer) for x in self._all(name))
+
+    def _decays(self) -> list[bool]:
+        """Per group: whether any decay hyperparameter can be nonzero."""
+        defaults = self._defaults()
+        out = [any(not is_zero(defaults[n]) for n in self._decay)]
+        if self.groups is not None:
+            for _, group in self.groups.items():
+                merged = defaults | group
+                out.append(any(not is_zero(merged[n]) for n in self._decay))
+        return out
+
+    def _buffer_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self.State._fields if n not in ("count", "hyperparams"))
+
+    # ------------------------------------------------------------------- API
+
+    def init(self, params: Any) -> Any:
+        """The initial state: zero buffers (torch's), count 0, and the step-0 hyperparameters."""
+        owner = type(self).__name__
+        leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+        for path, p in leaves_with_paths:
+            if not jnp.issubdtype(dtype_of(p), jnp.floating):
+                raise ValueError(
+                    f"{owner}: params at {path_str(path)!r} have dtype {dtype_of(p)}; "
+                    "optimizers need floating-point parameters"
+                )
+        leaves = [p for _, p in leaves_with_paths]
+        index = assign(owner, self.groups, params, warn=True)
+        count = zero_count()
+        values = group_values(self._defaults(), self.groups, count)
+        fields: dict[str, Any] = dict.fromkeys(self._buffer_names())
+        for name in self._buffers():
+            buffers = []
+            for p, i in zip(leaves, index, strict=True):
+                dtype = self.state_dtype or dtype_of(p)
+                buffers.append(self._init_buffer(name, jnp.shape(p), dtype, values[i]))
+            fields[name] = treedef.unflatten(buffers)
+        return self.State(count=count, **fields, hyperparams=record(values, self.groups))
+
+    def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
+        """The parameter deltas (``new_params = optax.apply_updates(params, deltas)``) and state.
+
+        Args:
+            updates: the gradients.
+            state: from `init` or the previous `update`.
+            params: the current parameters; required unless weight decay is 0.
+            **extra: ignored (accepted for optax's extra-args protocol).
+        """
+        del extra
+        owner = f"{type(self).__name__}.update"
+        grads = updates
+        if not isinstance(state, self.State):
+            raise TypeError(
+                f"{owner}: expected a {self.State.__name__}, got {type(state).__name__}"
+            )
+        present = [n for n in self._buffer_names() if getattr(state, n) is not None]
+        traced = {b for b, h in self._optional.items() if self._traced(h)}
+        missing = sorted(set(self._buffers()) - set(present) - traced)
+        unexpected = sorted(set(present) - set(self._buffers()) - set(self._optional))
+        if missing or unexpected:
+            raise ValueError(
+                f"{owner}: the state was made for a different configuration "
+                f"(missing buffers {missing}, unexpected {unexpected}); call init again"
+            )
+        if present:
+            check_tree(owner, grads, getattr(state, present[0]), "the state")
+        if params is not None:
+            check_tree(owner, grads, params, "params")
+        elif any(self._nonzero(n) for n in self._decay):
+            raise ValueError(
+                f"{owner}: params are required when {' or '.join(self._decay)} is not 0"
+            )
+
+        count = state.count
+        values = group_values(self._defaults(), self.groups, count)
+        scalars = [self._scalars(v, count) for v in values]
+        decays = self._decays()
+
+        gleaves, treedef = jax.tree.flatten(grads)
+        pleaves = treedef.flatten_up_to(params) if params is not None else [None] * len(gleaves)
+        bleaves = {n: treedef.flatten_up_to(getattr(state, n)) for n in present}
+        index = assign(owner, self.groups, grads)
+
+        out, new = [], {n: [] for n in present}
+        for k, (g, p, i) in enumerate(zip(gleaves, pleaves, index, strict=True)):
+            g = jnp.asarray(g)
+            dtype = compute_dtype(g.dtype)
+            bufs = {n: bleaves[n][k].astype(dtype) for n in present}
+            pk = jnp.asarray(p).astype(dtype) if (p is not None and decays[i]) else None
+            u, bufs = self._kernel(pk, g.astype(dtype), bufs, scalars[i])
+            out.append(u.astype(dtype_of(p) if p is not None else g.dtype))
+            for n in present:
+                new[n].append(bufs[n].astype(bleaves[n][k].dtype))
+        state = state._replace(
+            count=increment(count),
+            hyperparams=record(values, self.groups),
+            **{n: treedef.unflatten(v) for n, v in new.items()},
+        )
+        return treedef.unflatten(out), state
