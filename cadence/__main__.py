@@ -60,11 +60,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    schedule = S.get("cosine", 1e-3, warmup_steps=10, total_steps=100)
-    print(f"schedule: {schedule!r}")
-    for t in (0, 5, 10, 50, 100):
-        print(f"  step {t:3d}: {float(schedule(t)):.3e}")
-    return 0
+    from cadence import _demo
+
+    return _demo.main(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ylabel", default="learning rate")
     p.set_defaults(run=_plot)
 
-    d = sub.add_parser("demo", help="a short tour of cadence")
+    d = sub.add_parser(
+        "demo",
+        help="train a digits classifier, checkpoint, interrupt, resume, plot",
+        description=(
+            "Train a small MLP on scikit-learn's digits with AdamW (no weight decay on "
+            "biases), gradient clipping and a warmup + cosine schedule; checkpoint "
+            "halfway, discard everything, resume from the checkpoint alone, finish, "
+            "report test accuracy and plot learning rate and loss (demo.png)."
+        ),
+    )
+    d.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    d.add_argument("--output-dir", default=".", help="where demo.png goes (default .)")
+    d.add_argument("--no-plot", action="store_true", help="do not write demo.png")
     d.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)

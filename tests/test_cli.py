@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -84,8 +85,23 @@ def test_help_lists_the_names_and_examples():
     assert "warmup_stable_decay" in result.stdout and "examples:" in result.stdout
 
 
-def test_demo_exits_zero():
+def test_demo_trains_checkpoints_resumes_and_plots(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "cadence", "demo"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cadence", "demo", "--output-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert "checkpoint written" in out and "resumed from step 300" in out
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", out).group(1))
+    assert accuracy >= 0.95
+    _png(tmp_path / "demo.png")
+    # Checkpoints of the throwaway run are not left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.png"]
+
+
+def test_demo_rejects_too_few_steps(capsys):
+    assert main(["demo", "--steps", "3", "--no-plot"]) == 2
+    assert "--steps must be >= 10" in capsys.readouterr().err
