@@ -1,13 +1,12 @@
 """The README's "Coming from PyTorch" section, kept honest.
 
-`test_readme_example` is the example printed in the README, line for line;
+The README's example itself runs in tests/test_readme.py; here
 `test_scheduler_table` checks every row of the README's lr_scheduler table
 against torch, and `test_optimizer_table` every optimizer row.
 """
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,49 +15,6 @@ from cadence import optimizers as O
 from cadence import schedules as S
 
 torch = pytest.importorskip("torch")
-
-
-def test_readme_example():
-    import optax
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 3)).astype(np.float32)
-    y = x @ np.array([[1.0], [-2.0], [0.5]], np.float32) + 0.1
-    w0 = rng.standard_normal((1, 3)).astype(np.float32)
-
-    # PyTorch
-    model = torch.nn.Linear(3, 1)
-    with torch.no_grad():
-        model.weight.copy_(torch.from_numpy(w0))
-        model.bias.zero_()
-    opt = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=100)
-    for _ in range(100):
-        opt.zero_grad()
-        loss = ((model(torch.from_numpy(x)) - torch.from_numpy(y)) ** 2).mean()
-        loss.backward()
-        opt.step()
-        sched.step()
-
-    # cadence
-    params = {"weight": jnp.asarray(w0), "bias": jnp.zeros(1)}
-    tx = O.adamw(S.cosine(0.05, 100), weight_decay=0.01)
-    state = tx.init(params)
-
-    def loss_fn(p):
-        return jnp.mean((x @ p["weight"].T + p["bias"][None, :] - y) ** 2)
-
-    @jax.jit
-    def step(params, state):
-        grads = jax.grad(loss_fn)(params)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    for _ in range(100):
-        params, state = step(params, state)
-
-    np.testing.assert_allclose(params["weight"], model.weight.detach().numpy(), rtol=1e-5)
-    np.testing.assert_allclose(params["bias"], model.bias.detach().numpy(), rtol=1e-5)
 
 
 LR = 0.1
