@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any
 
 import jax
 import numpy as np
 
 from cadence import schedules as S
+from cadence.schedules._config import build_fields, is_number
 
 from . import _base as B
 from ._base import REGISTRY, Transformation
@@ -133,25 +133,7 @@ def _build(config: Any, path: str) -> Transformation:
         if unknown or not isinstance(txs, list):
             raise ValueError(f"from_config: {path}: chain needs a list 'txs' and nothing else")
         return chain(*(_build(c, f"{path}.txs[{i}]") for i, c in enumerate(txs)))
-    kinds = B.kinds(cls)
-    unknown = sorted(set(config) - set(kinds) - {"type"})
-    if unknown:
-        raise ValueError(f"from_config: {path}: unknown field(s) {unknown} for {name}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in config:
-            if f.default is dataclasses.MISSING:
-                raise ValueError(f"from_config: {path}: missing field {f.name!r} for {name}")
-            continue
-        kwargs[f.name] = _field(config[f.name], kinds[f.name], f"{path}.{f.name}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"from_config: {path}: {e}") from e
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+    return build_fields(cls, config, B.kinds(cls), path, _field)
 
 
 def _field(value: Any, kind: str, path: str) -> Any:
@@ -161,11 +143,11 @@ def _field(value: Any, kind: str, path: str) -> Any:
     if kind == B.HYPER:
         return _hyper_value(value, path, bad)
     if kind == B.FLOAT:
-        if not _is_number(value):
+        if not is_number(value):
             raise bad("a number")
         return value
     if kind == B.NORM:
-        if value == "inf" or _is_number(value):
+        if value == "inf" or is_number(value):
             return value
         raise bad('a number or "inf"')
     if kind == B.CHILD:
@@ -204,6 +186,6 @@ def _hyper_value(value: Any, path: str, bad: Any) -> Any:
             return S.from_config(value)
         except ValueError as e:
             raise ValueError(f"from_config: {path}: {e}") from e
-    if not _is_number(value):
+    if not is_number(value):
         raise bad("a number or a schedule config")
     return value

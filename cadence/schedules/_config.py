@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -115,6 +116,24 @@ def _build(config: Any, path: str) -> Schedule:
     kinds = B.kinds(cls)
     if B.FUNCTION in kinds.values():
         raise ValueError(f"from_config: {path}: {name} schedules cannot be built from a config")
+    return build_fields(cls, config, kinds, path, _field)
+
+
+def build_fields(
+    cls: type[Any],
+    config: dict[str, Any],
+    kinds: dict[str, str],
+    path: str,
+    convert: Callable[[Any, str, str], Any],
+) -> Any:
+    """Construct the registered dataclass `cls` from `config`'s fields.
+
+    Shared by the schedule and optimizer loaders: unknown and missing fields
+    are refused, each value goes through ``convert(value, kind, path)``, and
+    the constructor's own validation errors come out as ValueErrors naming
+    `path`.
+    """
+    name = cls.__name__
     unknown = sorted(set(config) - set(kinds) - {"type"})
     if unknown:
         raise ValueError(f"from_config: {path}: unknown field(s) {unknown} for {name}")
@@ -124,14 +143,15 @@ def _build(config: Any, path: str) -> Schedule:
             if f.default is dataclasses.MISSING:
                 raise ValueError(f"from_config: {path}: missing field {f.name!r} for {name}")
             continue
-        kwargs[f.name] = _field(config[f.name], kinds[f.name], f"{path}.{f.name}")
+        kwargs[f.name] = convert(config[f.name], kinds[f.name], f"{path}.{f.name}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ValueError(f"from_config: {path}: {e}") from e
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+    """A real number that is not a bool (JSON's true/false are not numbers)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
@@ -179,6 +199,6 @@ def _field(value: Any, kind: str, path: str) -> Any:
 
 
 def _number(value: Any, bad: Any) -> float | int:
-    if not _is_number(value):
+    if not is_number(value):
         raise bad("a number")
     return value
