@@ -19,6 +19,44 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _examples(peak: float, total: int) -> dict[str, Any]:
+    """Every schedule type that `get` does not name, built to fill a run of `total` steps.
+
+    ``--kw`` overrides any of the keyword arguments shown here.
+    """
+    q = max(1, total // 4)
+    return {
+        "exponential": lambda **kw: S.exponential(
+            **{"init": peak, "rate": 0.01 ** (1 / total)} | kw
+        ),
+        "step_decay": lambda **kw: S.step_decay(**{"init": peak, "every": q, "gamma": 0.5} | kw),
+        "multistep": lambda **kw: S.multistep(
+            **{"init": peak, "milestones": [2 * q, 3 * q], "gamma": 0.1} | kw
+        ),
+        "piecewise": lambda **kw: S.piecewise(
+            **{"boundaries": [q, 3 * q], "values": [peak, peak / 2, peak / 10]} | kw
+        ),
+        "noam": lambda **kw: S.noam(**{"d_model": 512, "warmup": q} | kw),
+        "one_cycle": lambda **kw: S.one_cycle(**{"peak": peak, "steps": total} | kw),
+        "cyclic": lambda **kw: S.cyclic(**{"base": peak / 10, "peak": peak, "up": q // 2} | kw),
+        "wsd": lambda **kw: S.wsd(
+            **{"peak": peak, "warmup": q // 2, "stable": 2 * q, "decay": q} | kw
+        ),
+        "restarts": lambda **kw: S.restarts(
+            **{"s": S.cosine(peak, q, end=peak / 100), "period": q // 2 or 1, "mult": 2.0} | kw
+        ),
+        "per_epoch": lambda **kw: S.per_epoch(
+            **{"s": S.step_decay(peak, 2, 0.5), "steps_per_epoch": max(1, total // 10)} | kw
+        ),
+        "join": lambda **kw: S.join(
+            **{"schedules": [S.constant(peak), S.linear(peak, 0.0, total - q)], "boundaries": [q]}
+            | kw
+        ),
+        "warmup": lambda **kw: S.warmup(**{"s": S.cosine(peak, total - q), "steps": q} | kw),
+        "clip": lambda **kw: S.clip(**{"s": S.cyclic(0.0, 2 * peak, q), "hi": peak} | kw),
+    }
+
+
 def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
     spec = args.schedule
     extra = {}
@@ -27,9 +65,18 @@ def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
         if not sep:
             raise ValueError(f"--kw expects KEY=VALUE, got {item!r}")
         extra[key] = _parse_value(value)
+    total = args.total if args.total is not None else args.steps
     if spec in S.NAMES:
-        total = args.total if args.total is not None else args.steps
+        # The two names transformers gives no default for get one for plotting.
+        if spec == "cosine_with_min_lr" and not {"min_lr", "min_lr_rate"} & set(extra):
+            extra["min_lr_rate"] = 0.1
+        if spec == "warmup_stable_decay":
+            extra.setdefault("num_decay_steps", max(1, (total - args.warmup) // 5))
         return S.get(spec, args.peak, warmup_steps=args.warmup, total_steps=total, **extra)
+    examples = _examples(args.peak, max(2, total - args.warmup))
+    if spec in examples:
+        schedule = examples[spec](**extra)
+        return S.warmup(schedule, args.warmup) if args.warmup else schedule
     if extra or args.warmup:
         raise ValueError("--warmup/--kw apply to registered names only, not to configs")
     path = Path(spec)
@@ -38,10 +85,14 @@ def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
         config = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(
-            f"{spec!r} is neither a registered name ({', '.join(S.NAMES)}), "
+            f"{spec!r} is neither a schedule name ({', '.join(_names())}), "
             f"nor a JSON file, nor inline JSON: {e}"
         ) from e
     return S.from_config(config)
+
+
+def _names() -> list[str]:
+    return [*S.NAMES, *_examples(1.0, 100)]
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -77,9 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "plot",
         help="plot a schedule to a PNG",
         description=(
-            "Plot a schedule. SCHEDULE is a registered name "
-            f"({', '.join(S.NAMES)}), a path to a JSON config (as written by "
-            "cadence.schedules.to_config), or inline JSON."
+            "Plot a schedule. SCHEDULE is one of transformers' names "
+            f"({', '.join(S.NAMES)}), another schedule type, shown with "
+            f"example arguments that --kw overrides ({', '.join(_examples(1.0, 100))}), "
+            "a path to a JSON config (as written by cadence.schedules.to_config), or "
+            "inline JSON."
         ),
         epilog=(
             "examples:\n"
@@ -95,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=1000, help="last step drawn (default 1000)")
     p.add_argument("-o", "--output", default="schedule.png", help="PNG path")
     p.add_argument("--peak", type=float, default=1e-3, help="peak lr for a name")
-    p.add_argument("--warmup", type=int, default=0, help="warmup steps for a name")
+    p.add_argument("--warmup", type=int, default=0, help="warmup steps before a named schedule")
     p.add_argument(
         "--total",
         type=int,
@@ -107,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra keyword for a name, e.g. num_cycles=2 (repeatable)",
+        help="keyword argument for a named schedule, e.g. num_cycles=2 (repeatable; JSON values)",
     )
     p.add_argument("--ylabel", default="learning rate")
     p.set_defaults(run=_plot)

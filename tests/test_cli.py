@@ -37,6 +37,21 @@ def test_plot_every_registered_name(tmp_path, name, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_plot_covers_every_schedule_type(tmp_path):
+    from cadence.__main__ import _names
+    from cadence.schedules._base import REGISTRY
+
+    # Every type but the two that only exist as expressions (arithmetic, from_fn).
+    assert set(REGISTRY) - set(_names()) == {"arithmetic", "from_fn"}
+    for name in _names():
+        out = tmp_path / f"{name}.png"
+        assert main(["plot", name, "--steps", "80", "--warmup", "5", "-o", str(out)]) == 0, name
+        _png(out)
+    assert (
+        main(["plot", "one_cycle", "--kw", "three_phase=true", "-o", str(tmp_path / "x.png")]) == 0
+    )
+
+
 def test_plot_a_config_file_and_inline_json(tmp_path):
     s = S.restarts(S.cosine(1.0, 20, end=0.1), 20, mult=2.0)
     path = tmp_path / "s.json"
@@ -63,7 +78,7 @@ def test_plot_title_is_the_schedule_repr(tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["plot", "nonsense"], "neither a registered name"),
+        (["plot", "nonsense"], "neither a schedule name"),
         (["plot", "cosine", "--kw", "num_cycles"], "KEY=VALUE"),
         (["plot", "cosine", "--kw", "bogus=1"], "unknown keyword"),
         (["plot", '{"type": "nope"}'], "is not a schedule type"),
