@@ -86,7 +86,7 @@ def _leaves(tree: Any, prefix: str) -> list[tuple[str, Any]]:
 def _describe(x: Any) -> tuple[list[int], str]:
     if isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct, np.generic)):
         return list(x.shape), str(np.dtype(x.dtype))
-    if isinstance(x, (bool, int, float)) and not isinstance(x, bool):
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
         return [], str(np.asarray(x).dtype)
     raise TypeError(f"{type(x).__name__} is not an array or a number")
 
