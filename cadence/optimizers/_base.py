@@ -122,6 +122,14 @@ class Transformation(optax.GradientTransformationExtraArgs):
         box.append(self)
         return self
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The outermost `init` places the state like the parameters (shardings).
+        if "init" in cls.__dict__:
+            from ._sharding import placing
+
+            cls.init = placing(cls.__dict__["init"])
+
     def init(self, params: Any) -> Any:
         """The initial state for `params` (arrays or `jax.ShapeDtypeStruct`s under `eval_shape`)."""
         raise NotImplementedError

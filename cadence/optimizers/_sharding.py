@@ -1,0 +1,490 @@
+"""Optimizer state placed like the parameters, `state_shardings`, and ZeRO-1's `shard_state`.
+
+Every `init` of a cadence transformation goes through `placing` (applied by
+`Transformation` to each subclass that defines ``init``), which places the
+state it returns by three rules:
+
+- a per-parameter buffer gets the sharding of its parameter. A buffer is
+  recognised by the structure of the state, not by its name: a subtree with
+  the parameters' tree structure and leaf shapes (moments, accumulators,
+  gradient sums, an optax transformation's ``mu``) holds one buffer per
+  parameter, in order;
+- every other leaf (counts, norms, hyperparameter records) is replicated on
+  the parameters' mesh;
+- under `shard_state`, the per-parameter buffers are partitioned over a data
+  axis instead (ZeRO-1).
+
+How depends on where `init` runs. Eagerly, with parameters on several
+devices, the whole `init` runs as one `jit` whose ``out_shardings`` are these
+placements, so no buffer is ever built whole on one device. Under `jit` or
+`eval_shape` with `Auto` mesh axes, a tracer does not know its sharding, so
+each buffer is tied to its parameter with `shard_alike` and XLA's sharding
+propagation gives it the parameter's layout (optax's ``zeros_like`` buffers
+are constants with no tie to the parameters, which is why
+``jax.jit(optax.adamw(1e-3).init)`` replicates them). With `Explicit` axes
+the tracer's type carries the sharding, and buffers are `reshard`-ed to it.
+
+Only the outermost `init` of a nest (a `chain`, a wrapper) places: the state
+is complete there, and the inner `init` calls run as written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, final
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.shard_alike import shard_alike
+from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
+from jax.sharding import PartitionSpec as P
+
+from ._base import CHILD, STR, Transformation, field
+
+__all__ = ["placing", "shard_state", "state_shardings"]
+
+# The transformation whose `init` is running outermost (None outside any init).
+_OUTERMOST: contextvars.ContextVar[Any] = contextvars.ContextVar("cadence_init", default=None)
+
+_U = P.UNCONSTRAINED
+
+
+# --------------------------------------------------------------------------
+# The hook on every `init`.
+
+
+def placing(init: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """Wrap a transformation's ``init`` so that the outermost call places its state."""
+
+    @functools.wraps(init)
+    def placed(self: Any, params: Any) -> Any:
+        outer = _OUTERMOST.get()
+        if outer is not None:
+            if isinstance(self, shard_state):
+                raise ValueError(
+                    f"shard_state must be the outermost transformation, but it is inside "
+                    f"{type(outer).__name__}: wrap the whole optimizer, e.g. "
+                    "shard_state(chain(...), mesh)"
+                )
+            return init(self, params)
+        token = _OUTERMOST.set(self)
+        try:
+            return _init_placed(self, functools.partial(init, self), params)
+        finally:
+            _OUTERMOST.reset(token)
+
+    return placed
+
+
+def _raw_init(opt: Any) -> Callable[[Any], Any]:
+    """`opt.init` without the placement (for abstract evaluation)."""
+    fn = type(opt).init
+    return functools.partial(getattr(fn, "__wrapped__", fn), opt)
+
+
+def _init_placed(opt: Any, init: Callable[[Any], Any], params: Any) -> Any:
+    leaves = jax.tree.leaves(params)
+    if any(isinstance(p, jax.core.Tracer) for p in leaves):
+        return _place_traced(opt, init(params), params)
+    spread = any(_is_spread(p) for p in leaves)
+    if not spread and not isinstance(opt, shard_state):
+        return init(params)
+    param_shardings = [getattr(p, "sharding", None) for p in leaves]
+    shardings = _shardings(opt, params, param_shardings)
+    with _mesh_context(_mesh_of(opt, param_shardings)):
+        return jax.jit(init, out_shardings=shardings)(params)
+
+
+def _is_spread(x: Any) -> bool:
+    """An array on a mesh of more than one device (or on other processes' devices)."""
+    return (
+        isinstance(x, jax.Array)
+        and isinstance(x.sharding, NamedSharding)
+        and len(x.sharding.device_set) > 1
+    )
+
+
+def _mesh_of(opt: Any, shardings: list[Any]) -> Mesh | None:
+    """The mesh the state lives on: shard_state's, else the first parameter's."""
+    if isinstance(opt, shard_state):
+        return opt.mesh
+    for sharding in shardings:
+        if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
+            return sharding.mesh
+    return None
+
+
+def _explicit(mesh: Any) -> bool:
+    return mesh is not None and any(t == AxisType.Explicit for t in mesh.axis_types)
+
+
+@contextlib.contextmanager
+def _mesh_context(mesh: Mesh | None) -> Iterator[None]:
+    """Explicit mesh axes need the mesh set while jit traces; Auto axes do not."""
+    if _explicit(mesh) and jax.sharding.get_abstract_mesh().empty:
+        with jax.set_mesh(mesh):
+            yield
+    else:
+        yield
+
+
+# --------------------------------------------------------------------------
+# Which state leaves belong to which parameter.
+
+
+def _owners(state: Any, params: Any) -> list[int | None]:
+    """For each leaf of `state`: the index of the parameter leaf it is a buffer of, or None."""
+    pleaves, ptree = jax.tree.flatten(params)
+    shapes = [np.shape(p) for p in pleaves]
+
+    def per_param(x: Any) -> bool:
+        if jax.tree.structure(x) != ptree:
+            return False
+        return [np.shape(leaf) for leaf in jax.tree.leaves(x)] == shapes
+
+    owners: list[int | None] = []
+    for unit in jax.tree.leaves(state, is_leaf=per_param):
+        if per_param(unit):
+            owners.extend(range(len(pleaves)))
+        else:
+            owners.append(None)
+    return owners
+
+
+def _abstract_state(opt: Any, params: Any) -> Any:
+    """The state's shapes and dtypes, from shapes and dtypes alone."""
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(np.shape(p), _dtype(p)), params)
+    token = _OUTERMOST.set(opt)
+    try:
+        return jax.eval_shape(_raw_init(opt), abstract)
+    finally:
+        _OUTERMOST.reset(token)
+
+
+def _dtype(p: Any) -> Any:
+    return p.dtype if hasattr(p, "dtype") else jnp.result_type(p)
+
+
+def _shardings(opt: Any, params: Any, param_shardings: list[Any]) -> Any:
+    """The state's sharding tree, given the parameter leaves' shardings (None: none)."""
+    state = _abstract_state(opt, params)
+    leaves, treedef = jax.tree.flatten(state)
+    owners = _owners(state, params)
+    mesh = _mesh_of(opt, param_shardings)
+    if mesh is not None:
+        other = NamedSharding(mesh, P())
+    else:  # no mesh: single-device parameters; scalars go where the first one is
+        other = next((s for s in param_shardings if s is not None), None)
+    out = []
+    for x, i in zip(leaves, owners, strict=True):
+        # A parameter without a sharding (a NumPy array, a number) is replicated.
+        param = other if i is None or param_shardings[i] is None else param_shardings[i]
+        if i is not None and isinstance(opt, shard_state):
+            out.append(opt._sharding_for(x.shape, param))
+        else:
+            out.append(param)
+    return treedef.unflatten(out)
+
+
+def state_shardings(opt: Any, param_shardings: Any) -> Any:
+    """The shardings of ``opt.init(params)``'s state, for parameters with `param_shardings`.
+
+    Per-parameter buffers (moments, accumulators) get their parameter's
+    sharding, everything else (counts, hyperparameter records, norms) is
+    replicated on the same mesh, and under `shard_state` the per-parameter
+    buffers are partitioned over its data axis. Works for every optimizer,
+    `chain` and wrapper, and for optax transformations inside them. Use it
+    for ``jax.jit(opt.init, out_shardings=...)``, for a train step's
+    ``in_shardings``/``out_shardings``, and for `cadence.checkpoint.restore`.
+
+    Args:
+        opt: the optimizer (any cadence transformation).
+        param_shardings: a pytree with the parameters' structure whose leaves
+            are shardings, or arrays / `jax.ShapeDtypeStruct`s carrying their
+            sharding (then the shapes are exact, which `shard_state` needs).
+
+    Returns:
+        A pytree with the state's structure whose leaves are shardings.
+
+    Raises:
+        ValueError: for `shard_state` given bare shardings (it needs shapes).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from jax.sharding import NamedSharding, PartitionSpec as P
+        >>> from cadence import optimizers as O
+        >>> mesh = jax.make_mesh((1,), ("model",))
+        >>> sharding = NamedSharding(mesh, P("model"))
+        >>> params = {"w": jax.device_put(jnp.zeros(4), sharding)}
+        >>> shardings = O.state_shardings(O.adam(1e-3), params)
+        >>> shardings.mu["w"] == sharding, shardings.count == NamedSharding(mesh, P())
+        (True, True)
+    """
+    leaves, treedef = jax.tree.flatten(param_shardings)
+    abstract, shardings = [], []
+    for x in leaves:
+        if isinstance(x, Sharding):
+            if isinstance(opt, shard_state):
+                raise ValueError(
+                    "state_shardings: shard_state needs the parameters' shapes to choose how to "
+                    "split their buffers; pass arrays or jax.ShapeDtypeStruct(shape, dtype, "
+                    "sharding=...) instead of bare shardings"
+                )
+            abstract.append(jax.ShapeDtypeStruct(_placeholder_shape(x), jnp.float32))
+            shardings.append(x)
+        elif hasattr(x, "shape") and hasattr(x, "dtype"):
+            abstract.append(jax.ShapeDtypeStruct(np.shape(x), x.dtype))
+            shardings.append(getattr(x, "sharding", None))
+        else:
+            raise TypeError(
+                f"state_shardings: param_shardings leaves must be shardings, arrays or "
+                f"ShapeDtypeStructs, got {type(x).__name__}"
+            )
+    return _shardings(opt, treedef.unflatten(abstract), shardings)
+
+
+def _placeholder_shape(sharding: Sharding) -> tuple[int, ...]:
+    """A shape the sharding divides (its rank is all that matters without real shapes)."""
+    if isinstance(sharding, NamedSharding):
+        return tuple(math.prod(sharding.mesh.shape[a] for a in _names(e)) for e in sharding.spec)
+    return ()
+
+
+def _names(entry: Any) -> tuple[str, ...]:
+    """The mesh axes in one PartitionSpec entry."""
+    if entry is None or entry is _U:
+        return ()
+    return tuple(entry) if isinstance(entry, tuple) else (entry,)
+
+
+# --------------------------------------------------------------------------
+# Placement under a trace.
+
+
+def _place_traced(opt: Any, state: Any, params: Any) -> Any:
+    pleaves = jax.tree.leaves(params)
+    leaves, treedef = jax.tree.flatten(state)
+    zero = opt if isinstance(opt, shard_state) else None
+    out = []
+    for x, i in zip(leaves, _owners(state, params), strict=True):
+        if not isinstance(x, jax.core.Tracer):
+            out.append(x)
+        elif i is None:
+            out.append(_constrain(x, NamedSharding(zero.mesh, P())) if zero else x)
+        elif zero is not None:
+            out.append(_constrain(x, zero._sharding_for(x.shape, _known(pleaves[i]))))
+        else:
+            out.append(_follow(x, pleaves[i]))
+    return treedef.unflatten(out)
+
+
+def _known(p: Any) -> Any:
+    """The sharding of `p` when it is known here, else None.
+
+    A concrete array knows it; a tracer only under Explicit mesh axes (its
+    type carries them); under Auto axes the layout is XLA's to choose.
+    """
+    if not isinstance(p, jax.core.Tracer):
+        return getattr(p, "sharding", None)
+    sharding = jax.typeof(p).sharding
+    mesh = sharding.mesh
+    if not mesh.empty and all(t == AxisType.Explicit for t in mesh.axis_types):
+        return sharding
+    return None
+
+
+def _follow(x: jax.Array, p: Any) -> jax.Array:
+    """`x` (same shape as `p`) laid out like `p`."""
+    if not isinstance(x, jax.core.Tracer):
+        sharding = getattr(p, "sharding", None)
+        if isinstance(p, jax.Array) and isinstance(x, jax.Array) and x.sharding != sharding:
+            return jax.device_put(x, sharding)
+        return x
+    if not isinstance(p, jax.core.Tracer):
+        return _constrain(x, p.sharding) if _is_spread(p) else x
+    sharding = jax.typeof(p).sharding
+    types = sharding.mesh.axis_types
+    if sharding.mesh.empty or any(t == AxisType.Manual for t in types):
+        return x  # one device, or inside shard_map: nothing to place
+    if any(t == AxisType.Explicit for t in types) and jax.typeof(x).sharding.spec != sharding.spec:
+        x = jax.sharding.reshard(x, sharding.spec)
+    if any(t == AxisType.Auto for t in types):
+        x, _ = shard_alike(x, p)
+    return x
+
+
+def _constrain(x: jax.Array, sharding: Sharding) -> jax.Array:
+    """`x` on `sharding`: moved eagerly, constrained under a trace."""
+    if not isinstance(x, jax.core.Tracer):
+        return jax.device_put(x, sharding)
+    if isinstance(sharding, NamedSharding) and _explicit(sharding.mesh):
+        return jax.sharding.reshard(x, sharding)
+    return jax.lax.with_sharding_constraint(x, sharding)
+
+
+# --------------------------------------------------------------------------
+# ZeRO-1.
+
+
+def zero_spec(shape: tuple[int, ...], spec: P | None, mesh: Mesh, axis: str) -> P:
+    """`spec` with the largest dimension that the size of `axis` divides also split over `axis`.
+
+    The dimension depends on the shape alone, so that a step traced without
+    knowing the parameters' layout picks the same one. `spec` None means
+    that layout is unknown (Auto axes under a trace): the other dimensions
+    are left to XLA. A buffer already split over `axis`, with no dimension
+    the axis size divides, or whose dimension is already split too finely,
+    keeps `spec`.
+    """
+    n = mesh.shape[axis]
+    entries = list(spec) if spec is not None else [_U] * len(shape)
+    entries += [None] * (len(shape) - len(entries))
+    if n == 1 or any(axis in _names(e) for e in entries):
+        return P(*entries)
+    dims = [d for d in range(len(shape)) if shape[d] > 0 and shape[d] % n == 0]
+    if not dims:
+        return P(*entries)
+    d = max(dims, key=lambda d: shape[d])  # the first of the largest
+    names = _names(entries[d])
+    if shape[d] % (math.prod(mesh.shape[a] for a in names) * n):
+        return P(*entries)
+    entries[d] = (*names, axis) if names else axis
+    return P(*entries)
+
+
+def _gathered(spec: P, axis: str) -> P:
+    """`spec` with `axis` removed (the layout of an update computed on `spec`'s slices)."""
+    out = []
+    for e in spec:
+        names = tuple(a for a in _names(e) if a != axis)
+        out.append(e if e is _U else (names if len(names) > 1 else (names[0] if names else None)))
+    return P(*out)
+
+
+@final
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
+class shard_state(Transformation):
+    """ZeRO-1: partition the optimizer state over a data-parallel mesh axis.
+
+    Data parallelism replicates the parameters on every device of the `axis`
+    axis, and with them, by default, the optimizer state. Wrapped in
+    `shard_state`, each per-parameter buffer is split along its largest
+    dimension that the axis size divides (a buffer with none stays
+    replicated), so each device keeps ``1 / mesh.shape[axis]`` of the state.
+    In the compiled step each device updates its slice of the state from its
+    slice of the gradients (slicing a replicated array costs no
+    communication), and the parameter updates are all-gathered back to the
+    parameters' layout. The numerics are those of the wrapped optimizer.
+
+    Parameters already sharded over other mesh axes keep that sharding and
+    are split over `axis` too when a dimension allows it. Under `jit` with
+    Auto mesh axes the parameters' layout is not known while tracing, so
+    their other dimensions are left to XLA; pass
+    ``out_shardings=O.state_shardings(opt, params)`` to pin them.
+
+    It must be the outermost transformation (``shard_state(chain(...))``).
+    Its state is the wrapped optimizer's, with the same structure, and its
+    `to_config` is the wrapped optimizer's (a mesh has no JSON form):
+    checkpoints with and without it are interchangeable; restore with
+    ``shardings={"opt_state": O.state_shardings(opt, params)}``.
+
+    Args:
+        tx: the optimizer to partition (any cadence or optax transformation).
+        mesh: the device mesh.
+        axis: the data-parallel axis of `mesh` to partition over.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from cadence import optimizers as O
+        >>> mesh = jax.make_mesh((1,), ("data",))
+        >>> opt = O.shard_state(O.adamw(1e-3), mesh, axis="data")
+        >>> params = {"w": jnp.ones((4, 2))}
+        >>> updates, state = opt.update(params, opt.init(params), params)
+        >>> O.from_config(opt.to_config()) == opt.tx
+        True
+    """
+
+    tx: Any = field(CHILD)
+    mesh: Any = field("mesh")
+    axis: str = field(STR, "data")
+
+    def _validate(self) -> None:
+        if not isinstance(self.mesh, Mesh):
+            raise TypeError(f"shard_state: mesh must be a jax.sharding.Mesh, got {self.mesh!r}")
+        if self.axis not in self.mesh.axis_names:
+            raise ValueError(
+                f"shard_state: axis {self.axis!r} is not an axis of the mesh "
+                f"(axes: {', '.join(map(repr, self.mesh.axis_names))})"
+            )
+
+    def init(self, params: Any) -> Any:
+        return self.tx.init(params)
+
+    def _sharding_for(self, shape: tuple[int, ...], param: Any) -> NamedSharding:
+        """A buffer's sharding, for a parameter with sharding `param` (None: not known here)."""
+        spec = None
+        if isinstance(param, NamedSharding):
+            if dict(param.mesh.shape) != dict(self.mesh.shape):
+                raise ValueError(
+                    f"shard_state: a parameter is on mesh {dict(param.mesh.shape)}, not on "
+                    f"shard_state's mesh {dict(self.mesh.shape)}"
+                )
+            spec = param.spec
+        elif param is not None:
+            spec = P()  # a single-device or other parameter: treated as replicated
+        return NamedSharding(self.mesh, zero_spec(tuple(shape), spec, self.mesh, self.axis))
+
+    def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
+        # Two layouts pin the step: the new state keeps its partitioned layout
+        # and the updates take the parameters' layout. Between them XLA's
+        # propagation runs the elementwise math on each device's slice
+        # (slicing a replicated gradient is free) and all-gathers the updates.
+        # A layout this trace cannot see (Auto mesh axes) is the one `init`
+        # chose from the shape: split along the same dimension, the other
+        # dimensions left to XLA.
+        old, treedef = jax.tree.flatten(state)
+        owners = _owners(state, updates)
+        out, state = self.tx.update(updates, state, params, **extra)
+        new, new_treedef = jax.tree.flatten(state)
+        if new_treedef == treedef:
+            placed = []
+            for x, o, i in zip(new, old, owners, strict=True):
+                if i is None:
+                    placed.append(_constrain(x, NamedSharding(self.mesh, P())))
+                elif np.shape(x) == np.shape(o):
+                    placed.append(self._pin(x, _known(o), lambda spec: spec))
+                else:
+                    placed.append(x)
+            new = placed
+        outs, gdef = jax.tree.flatten(out)
+        refs = gdef.flatten_up_to(updates if params is None else params)
+        gathered = functools.partial(_gathered, axis=self.axis)
+        out = gdef.unflatten(
+            [self._pin(u, _known(r), gathered) for u, r in zip(outs, refs, strict=True)]
+        )
+        return out, new_treedef.unflatten(new)
+
+    def _pin(self, x: Any, known: Any, guess: Callable[[P], P]) -> Any:
+        """`x` on its `known` sharding, or on the guess made from its shape."""
+        if known is not None:
+            return _constrain(x, known)
+        if not isinstance(x, jax.core.Tracer):
+            return x
+        spec = zero_spec(np.shape(x), None, self.mesh, self.axis)
+        return _constrain(x, NamedSharding(self.mesh, guess(spec)))
+
+    def to_config(self) -> dict[str, Any]:
+        """The wrapped optimizer's config: the partitioning is placement, not numerics."""
+        return self.tx.to_config()
+
+    def __repr__(self) -> str:
+        return f"shard_state({self.tx!r}, mesh={self.mesh!r}, axis={self.axis!r})"
+
+
+jax.tree_util.register_dataclass(shard_state, data_fields=["tx"], meta_fields=["mesh", "axis"])
