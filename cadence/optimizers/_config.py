@@ -11,11 +11,8 @@ import dataclasses
 import math
 from typing import Any
 
-import jax
-import numpy as np
-
 from cadence import schedules as S
-from cadence.schedules._config import build_fields, is_number
+from cadence.schedules._config import build_fields, config_float, is_number
 
 from . import _base as B
 from ._base import REGISTRY, Transformation
@@ -50,7 +47,7 @@ def _config(tx: Any, where: str) -> dict[str, Any]:
         if kind == B.HYPER:
             out[f.name] = _hyper(value, at)
         elif kind == B.FLOAT:
-            out[f.name] = _float(value, at)
+            out[f.name] = config_float(value, at)
         elif kind == B.GROUPS:
             out[f.name] = (
                 None
@@ -78,18 +75,7 @@ def _hyper(value: Any, where: str) -> Any:
                 f"to_config: {where} is a Python function, which has no config; use a cadence "
                 f"schedule ({e})"
             ) from e
-    return _float(value, where)
-
-
-def _float(x: Any, where: str) -> float:
-    if isinstance(x, jax.core.Tracer):
-        raise ValueError(f"to_config: {where} is a traced value")
-    if np.ndim(x) != 0:
-        raise ValueError(f"to_config: {where} is not a scalar (shape {np.shape(x)})")
-    value = float(x)
-    if not math.isfinite(value):
-        raise ValueError(f"to_config: {where} is not finite ({value})")
-    return value
+    return config_float(value, where)
 
 
 def from_config(config: dict[str, Any]) -> Transformation:

@@ -58,11 +58,13 @@ def to_config(s: Schedule) -> dict[str, Any]:
         elif kind == B.CHILDREN:
             out[f.name] = [to_config(c) for c in value]
         elif kind == B.OPERAND:
-            out[f.name] = to_config(value) if isinstance(value, Schedule) else _float(value, where)
+            out[f.name] = (
+                to_config(value) if isinstance(value, Schedule) else config_float(value, where)
+            )
         elif kind in (B.LEAF, B.OPT_LEAF):
-            out[f.name] = None if value is None else _float(value, where)
+            out[f.name] = None if value is None else config_float(value, where)
         elif kind == B.LEAVES:
-            out[f.name] = [_float(v, where) for v in value]
+            out[f.name] = [config_float(v, where) for v in value]
         elif kind == B.INTS:
             out[f.name] = list(value)
         else:
@@ -70,7 +72,8 @@ def to_config(s: Schedule) -> dict[str, Any]:
     return out
 
 
-def _float(x: Any, where: str) -> float:
+def config_float(x: Any, where: str) -> float:
+    """A concrete, finite scalar hyperparameter as a Python float for JSON."""
     if isinstance(x, jax.core.Tracer):
         raise ValueError(f"to_config: {where} is a traced value")
     if np.ndim(x) != 0:
