@@ -1,0 +1,94 @@
+"""torch.optim rows: the for-loop, foreach and fused paths, or nothing without torch.
+
+torch's default on CPU is the for-loop (single-tensor) path: it picks foreach
+only for CUDA-like devices. The for-loop row is therefore also torch's default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._optimizers import MAX_NORM, SCHEDULE_STEPS, Spec
+from ._timing import Runner
+
+try:
+    import torch
+except ImportError:  # the harness runs without torch and prints n/a
+    torch = None
+
+MODES = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
+
+
+def available() -> bool:
+    return torch is not None
+
+
+def version() -> str | None:
+    return torch.__version__ if torch is not None else None
+
+
+def _tensors(tree: dict[str, np.ndarray], dtype: str) -> list[Any]:
+    dt = getattr(torch, dtype)
+    return [torch.from_numpy(v).to(dtype=dt, copy=True) for v in tree.values()]
+
+
+def make(
+    spec: Spec,
+    params_np: dict[str, np.ndarray],
+    grads_np: dict[str, np.ndarray],
+    dtype: str,
+    mode: str,
+) -> tuple[Any, list[Any], Any] | None:
+    """(optimizer, params, scheduler) for one path, or None where torch lacks it."""
+    if torch is None or spec.torch is None or (mode == "fused" and not spec.fused):
+        return None
+    cls, kwargs = spec.torch
+    params = [torch.nn.Parameter(p) for p in _tensors(params_np, dtype)]
+    for p, g in zip(params, _tensors(grads_np, dtype), strict=True):
+        p.grad = g
+    opt = getattr(torch.optim, cls)(params, **kwargs, **MODES[mode])
+    sched = None
+    if spec.torch_cosine:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=SCHEDULE_STEPS)
+    return opt, params, sched
+
+
+def runner(
+    spec: Spec,
+    params_np: dict[str, np.ndarray],
+    grads_np: dict[str, np.ndarray],
+    dtype: str,
+    mode: str,
+) -> Runner | None:
+    """The training loop's optimizer part: clip (if the spec asks), step, schedule."""
+    built = make(spec, params_np, grads_np, dtype, mode)
+    if built is None:
+        return None
+    opt, params, sched = built
+
+    def step() -> None:
+        if spec.torch_clip:
+            torch.nn.utils.clip_grad_norm_(params, MAX_NORM)
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+    # CPU tensors: every torch call has finished when it returns.
+    return Runner(f"torch ({mode})", "torch", step, lambda: None, {"mode": mode})
+
+
+def state_bytes(spec: Spec, params_np: dict[str, np.ndarray], dtype: str) -> int | None:
+    """Bytes of ``optimizer.state`` tensors after one step (torch's default path)."""
+    built = make(spec, params_np, params_np, dtype, "for-loop")
+    if built is None:
+        return None
+    opt, _, _ = built
+    opt.step()
+    return sum(
+        t.numel() * t.element_size()
+        for st in opt.state.values()
+        for t in st.values()
+        if isinstance(t, torch.Tensor)
+    )

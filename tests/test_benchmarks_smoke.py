@@ -1,0 +1,90 @@
+"""`python -m benchmarks --quick` runs and reports; timings are never checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# One optimizer, one step shape and the other two sections: every library's
+# row and every JSON key, in well under a minute.
+ARGS = ["--quick", "--optimizers", "adamw", "--only", "a,memory,compile"]
+KEYS = {"meta", "options", "bandwidth", "steps", "summary", "memory", "compile", "targets"}
+
+
+def _torch_importable() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run(tmp_path: Path, args: list[str], extra_path: Path | None = None) -> tuple[str, dict]:
+    out = tmp_path / "results.json"
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args, "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def _row(stdout: str, variant: str) -> str:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(variant + " ")]
+    assert lines, f"no {variant!r} row in:\n{stdout}"
+    return lines[0]
+
+
+def test_quick_run_prints_every_library_and_writes_json(tmp_path):
+    stdout, results = _run(tmp_path, ARGS)
+    assert KEYS <= set(results)
+    for variant in ("cadence", "optax", "optax (no donation)", "optax.flatten", "jit identity"):
+        assert "n/a" not in _row(stdout, variant)
+    torch_rows = [_row(stdout, f"torch ({m})") for m in ("for-loop", "foreach", "fused")]
+    if _torch_importable():
+        assert not any("n/a" in r for r in torch_rows)
+    for header in ("== summary", "== optimizer state", "== compile time", "== targets"):
+        assert header in stdout
+
+    steps = results["steps"]
+    assert {r["library"] for r in steps} >= {"cadence", "optax", "torch"}
+    cadence = next(r for r in steps if r["variant"] == "cadence")
+    assert cadence["median_ms"] > 0 and cadence["floor_bytes_per_param"] == 28
+    assert {"x_floor", "xla_bytes_per_param", "fusions", "compile_s"} <= set(cadence)
+    assert results["bandwidth"]["a"]["gb_s"] > 0
+    assert [s["optimizer"] for s in results["summary"]] == ["adamw"]
+    assert results["memory"][0]["cadence"] == pytest.approx(8.0, abs=0.01)
+    assert {(r["library"], r["kind"]) for r in results["compile"]} == {
+        (lib, kind) for lib in ("cadence", "optax") for kind in ("adamw", "chain")
+    }
+    assert all(r["status"] == "ok" for r in results["compile"])
+    assert {t["status"] for t in results["targets"]} <= {"met", "not met", "not measured"}
+    assert results["meta"]["versions"]["jax"]
+
+
+def test_quick_run_without_torch(tmp_path):
+    """A `torch` that fails to import, as on a machine without it: torch rows print n/a."""
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    args = ["--quick", "--optimizers", "adamw", "--only", "a,memory"]
+    stdout, results = _run(tmp_path, args, extra_path=fake)
+    assert "torch is not installed" in stdout
+    assert "n/a" in _row(stdout, "torch (fused)")
+    assert all(r["median_ms"] is None for r in results["steps"] if r["library"] == "torch")
+    assert results["memory"][0]["torch"] is None
+    assert results["meta"]["settings"]["torch_threads"] is None
+    assert results["meta"]["versions"]["torch"] == "not importable"
