@@ -30,7 +30,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --nbmake notebooks
 
-# The parity references (test-only). torch is pinned to the CPU build that this
+# The parity references (test-only; `make bench` compares against torch too). torch is pinned to the CPU build that this
 # machine's package index serves; timm is installed without its torchvision
 # dependency, which has no CPU build here: the tests load timm's scheduler
 # modules directly.
@@ -38,7 +38,7 @@ references: $(VENV)/.test
 	$(BIN)/python -m pip install --quiet torch==2.13.0 transformers
 	$(BIN)/python -m pip install --quiet --no-deps timm
 
-bench: $(VENV)/.test
+bench: references
 	$(BIN)/python -m benchmarks
 
 clean:
