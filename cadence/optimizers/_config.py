@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from cadence import schedules as S
-from cadence.schedules._config import build_fields, config_float, is_number
+from cadence.schedules._config import build_fields, config_float, is_number, registered_type
 
 from . import _base as B
 from ._base import REGISTRY, Transformation
@@ -104,15 +104,7 @@ def from_config(config: dict[str, Any]) -> Transformation:
 
 
 def _build(config: Any, path: str) -> Transformation:
-    if not isinstance(config, dict):
-        raise ValueError(f"from_config: {path} must be a dict, got {type(config).__name__}")
-    name = config.get("type")
-    if not isinstance(name, str) or name not in REGISTRY:
-        raise ValueError(
-            f"from_config: {path}.type {name!r} is not a transformation type; known: "
-            f"{', '.join(sorted(REGISTRY))}"
-        )
-    cls = REGISTRY[name]
+    cls = registered_type(config, path, REGISTRY, "transformation", sorted(REGISTRY))
     if cls is chain:
         unknown = sorted(set(config) - {"type", "txs"})
         txs = config.get("txs")

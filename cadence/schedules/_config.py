@@ -106,16 +106,24 @@ def from_config(config: dict[str, Any]) -> Schedule:
     return _build(config, "config")
 
 
-def _build(config: Any, path: str) -> Schedule:
+def registered_type(
+    config: Any, path: str, registry: dict[str, type[Any]], what: str, known: list[str]
+) -> type[Any]:
+    """The registered class named by ``config["type"]``; refuses anything else."""
     if not isinstance(config, dict):
         raise ValueError(f"from_config: {path} must be a dict, got {type(config).__name__}")
     name = config.get("type")
-    if not isinstance(name, str) or name not in REGISTRY:
+    if not isinstance(name, str) or name not in registry:
         raise ValueError(
-            f"from_config: {path}.type {name!r} is not a schedule type; known: "
-            f"{', '.join(sorted(n for n in REGISTRY if n != 'from_fn'))}"
+            f"from_config: {path}.type {name!r} is not a {what} type; known: {', '.join(known)}"
         )
-    cls = REGISTRY[name]
+    return registry[name]
+
+
+def _build(config: Any, path: str) -> Schedule:
+    known = sorted(n for n in REGISTRY if n != "from_fn")
+    cls = registered_type(config, path, REGISTRY, "schedule", known)
+    name = cls.__name__
     kinds = B.kinds(cls)
     if B.FUNCTION in kinds.values():
         raise ValueError(f"from_config: {path}: {name} schedules cannot be built from a config")
