@@ -41,9 +41,9 @@ def configure(threads: int) -> dict[str, Any]:
 
     Must run before anything initializes JAX's backend.
     """
-    from jax._src import xla_bridge
+    from jax._src import xla_bridge  # private, hence the getattr below
 
-    if xla_bridge.backends_are_initialized():
+    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
         raise RuntimeError("benchmarks: configure() must run before JAX's backend starts")
     allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if allowed and 0 < threads < len(allowed):
@@ -144,7 +144,7 @@ def header(info: dict[str, Any]) -> str:
             + f", cadence {v['cadence']}, python {info['python']}",
             f"XLA backend: {info['backend']} ({info['device']});"
             f" XLA_FLAGS={s['XLA_FLAGS'] or '(unset)'}",
-            f"threads: process pinned to CPUs {s['cpus']}; XLA pool {s['xla_threads']},"
+            f"threads: process on CPUs {s['cpus']}; XLA pool {s['xla_threads']},"
             f" torch {torch_threads}; JAX compilation cache off",
             f"load average at start: {info['load_average']}",
         ]

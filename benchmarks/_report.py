@@ -283,7 +283,7 @@ def targets(
         big = max((r["leaves"] for r in compile_rows if r["kind"] == kind), default=None)
         t_big = total_s(_compile_row(compile_rows, kind, big, "cadence")) if big else None
         t_1k = total_s(cad)
-        name = f"compile grows ~linearly, {big} leaves in seconds ({kind})"
+        name = f"compile grows ~linearly, {big or 'many'} leaves in seconds ({kind})"
         if big is None or cad is None or big <= 1000:
             add(name, judge(None), "")
         elif t_big is None:
@@ -291,7 +291,7 @@ def targets(
             if row is not None and row["status"] == "skipped":
                 evidence = f"cadence at {big} leaves: not run (a smaller count was over budget)"
             else:
-                evidence = f"cadence at {big} leaves: {describe(row, budget)} s"
+                evidence = f"cadence at {big} leaves, seconds: {describe(row, budget)}"
             add(name, "not met", evidence)
         else:
             growth = t_big / t_1k if t_1k else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +44,9 @@ def _run(tmp_path: Path, args: list[str], extra_path: Path | None = None) -> tup
 
 
 def _row(stdout: str, variant: str) -> str:
-    lines = [ln for ln in stdout.splitlines() if ln.startswith(variant + " ")]
+    """The case-table row of `variant`: its name, then a time or n/a."""
+    row = re.compile(rf"^{re.escape(variant)} {{2,}}(\d|n/a)")
+    lines = [ln for ln in stdout.splitlines() if row.match(ln)]
     assert lines, f"no {variant!r} row in:\n{stdout}"
     return lines[0]
 
