@@ -24,7 +24,6 @@ from ._base import (
     as_transformation,
     compute_dtype,
     field,
-    float_dtype,
     increment,
     register,
     set_field,
@@ -32,6 +31,7 @@ from ._base import (
     zero_count,
 )
 from ._groups import evaluate
+from ._reductions import finish, leaf_partials, partial_sum
 
 __all__ = [
     "ChainState",
@@ -143,24 +143,17 @@ class ClipByGlobalNormState(NamedTuple):
     hyperparams: dict[str, Any]
 
 
-def _norm(x: jax.Array, p: float) -> jax.Array:
-    x = jnp.abs(x)
-    if p == math.inf:
-        return jnp.max(x, initial=0.0)
-    if p == 1:
-        return jnp.sum(x)
-    if p == 2:
-        return jnp.sqrt(jnp.sum(x * x))
-    return jnp.sum(x**p) ** (1 / p)
-
-
 def global_norm(tree: Any, p: float = 2.0) -> jax.Array:
-    """torch's total norm: the p-norm of the per-leaf p-norms (float32 or wider)."""
+    """torch's total norm: the p-norm of the per-leaf p-norms (float32 or wider).
+
+    On a sharded tree the per-leaf sums travel in one all-reduce (see `leaf_partials`).
+    """
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return as_float(0.0)
-    norms = [_norm(jnp.asarray(g).astype(compute_dtype(jnp.result_type(g))), p) for g in leaves]
-    return as_float(_norm(jnp.stack([n.astype(float_dtype()) for n in norms]), p))
+    leaves = [jnp.asarray(g).astype(compute_dtype(jnp.result_type(g))) for g in leaves]
+    norms = [finish(s, p) for s in leaf_partials(leaves, p)]
+    return as_float(finish(partial_sum(jnp.stack(norms), p), p))
 
 
 def _check_norm_type(obj: Any) -> None:

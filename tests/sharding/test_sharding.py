@@ -75,12 +75,8 @@ def test_compiled_step_gathers_nothing(spmd, name):
     found = spmd[name]["collectives"]
     assert {k: found[k] for k in COLLECTIVES} == dict.fromkeys(COLLECTIVES, [])
     if name == "chain":
-        # clip_by_global_norm: the per-leaf partial sums of squares, scalars only
-        # (XLA reduces a leaf split over both axes one axis at a time).
-        assert found["all-reduce"]
-        shapes = [s for op in found["all-reduce"] for s in op.strip("()").split(", ")]
-        assert set(shapes) == {"f32[]"}, found["all-reduce"]
-        assert len(shapes) <= 6
+        # clip_by_global_norm: one all-reduce of the 4 per-leaf sums of squares.
+        assert [op.split("{")[0] for op in found["all-reduce"]] == ["f32[4]"]
     else:
         assert found["all-reduce"] == []
 
@@ -89,6 +85,23 @@ def test_compiled_step_gathers_nothing(spmd, name):
 def test_step_keeps_the_layout_and_matches_one_device(spmd, name):
     assert spmd[name]["layout_kept"] == []
     assert spmd[name]["max_diff"] < 1e-6
+
+
+@pytest.mark.parametrize("p", ["1.0", "2.0", "3.0", "inf"])
+def test_global_norm_costs_one_all_reduce(spmd, p):
+    r = spmd["norms"][p]
+    # 7 leaves over 5 layouts (both axes, either axis, replicated, a scalar):
+    # one collective of one float per leaf, nothing else.
+    assert [op.split("{")[0] for op in r["collectives"]["all-reduce"]] == ["f32[7]"]
+    assert all(r["collectives"][k] == [] for k in COLLECTIVES)
+    # Replicated shards counted once: the value is torch's formula's.
+    for key in ("value", "eager", "one_device"):
+        assert r[key] == pytest.approx(r["torch_formula"], rel=2e-6), key
+
+
+def test_global_norm_under_grad_and_vmap(spmd):
+    assert spmd["norms"]["grad_diff"] < 1e-6
+    assert spmd["norms"]["vmap"] == pytest.approx(spmd["norms"]["vmap_expected"], rel=1e-6)
 
 
 def test_training_step_on_a_sharded_batch_matches_one_device(spmd):

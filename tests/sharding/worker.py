@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 from cadence import checkpoint  # noqa: E402
 from cadence import optimizers as O  # noqa: E402
 from cadence import schedules as S  # noqa: E402
+from cadence.optimizers._transforms import global_norm  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -229,6 +230,40 @@ def spmd() -> dict[str, Any]:
         "max_diff": max_diff((p, s), (p_ref, s_ref)),
         "layout_kept": mismatches(p, shardings),
     }
+
+    # The global norm alone: one all-reduce whatever the layouts and p, the
+    # value of torch's formula, and vmap and grad through it.
+    layouts = SPECS | {"both": P(("data", "model")), "rows": P("data"), "scalar": P()}
+    norm_host = {k: rng.normal(size=np.shape(v)).astype(np.float32) for k, v in host.items()}
+    norm_host |= {
+        "both": rng.normal(size=16).astype(np.float32),
+        "rows": rng.normal(size=(4, 3)).astype(np.float32),
+        "scalar": np.float32(-2.5),
+    }
+    tree = put(norm_host, {k: NamedSharding(mesh, s) for k, s in layouts.items()})
+    report["norms"] = {}
+    for p_ in (1.0, 2.0, 3.0, float("inf")):
+        fn = jax.jit(lambda t, p_=p_: global_norm(t, p_))
+        leaf_norms = [
+            np.linalg.norm(np.ravel(x).astype(np.float64), p_) for x in norm_host.values()
+        ]
+        report["norms"][str(p_)] = {
+            "collectives": collectives(fn.lower(tree).compile().as_text()),
+            "value": float(fn(tree)),
+            "eager": float(global_norm(tree, p_)),
+            "one_device": float(fn(jax.device_put(norm_host, single))),
+            "torch_formula": float(np.linalg.norm(leaf_norms, p_)),
+        }
+    grad = jax.jit(jax.grad(global_norm))
+    report["norms"]["grad_diff"] = max_diff(grad(tree), grad(jax.device_put(norm_host, single)))
+    stacked = jnp.stack([jnp.asarray(norm_host["w1"]), -jnp.asarray(norm_host["w1"]) / 2])
+    bias = jnp.asarray(norm_host["b1"])
+    batched = jax.vmap(lambda w: global_norm({"w": w, "b": bias}))(stacked)
+    report["norms"]["vmap"] = np.asarray(batched).tolist()
+    report["norms"]["vmap_expected"] = [
+        float(np.sqrt(np.sum((f * norm_host["w1"]) ** 2) + np.sum(norm_host["b1"] ** 2)))
+        for f in (1.0, 0.5)
+    ]
 
     # The wrappers, and parameters without a sharding (replicated state).
     odd = params | {"n": np.ones(3, np.float32)}
