@@ -10,8 +10,9 @@ many leaves in one pass without touching the numerics.
 
 from __future__ import annotations
 
+import functools
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -37,6 +38,32 @@ __all__ = ["Optimizer"]
 def lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
     """torch's ``a.lerp_(b, w)`` for ``w < 0.5`` (its other formula differs only in rounding)."""
     return a + w * (b - a)
+
+
+def _leaf_update(
+    opt: Optimizer,
+    p: jax.Array | None,
+    g: jax.Array,
+    bufs: dict[str, jax.Array],
+    s: dict[str, Any],
+    out_dtype: jnp.dtype,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One leaf: the kernel in the compute dtype, results in the stored dtypes."""
+    dtype = compute_dtype(g.dtype)
+    stored = {n: b.dtype for n, b in bufs.items()}
+
+    def keep(name: str, x: jax.Array) -> jax.Array:
+        # A buffer stored narrower than the math (bfloat16 moments) is used
+        # as stored, as torch uses its bfloat16 ``exp_avg``: the parameter
+        # loop then reads the new buffer instead of recomputing it from the
+        # old one, which the buffer's own loop overwrites in place.
+        return x.astype(stored[name]).astype(dtype) if stored[name] != dtype else x
+
+    pk = p.astype(dtype) if p is not None else None
+    u, new = opt._kernel(
+        pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep
+    )
+    return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
 
 
 class Optimizer(Transformation):
@@ -90,9 +117,18 @@ class Optimizer(Transformation):
         return hp
 
     def _kernel(
-        self, p: jax.Array | None, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any]
+        self,
+        p: jax.Array | None,
+        g: jax.Array,
+        bufs: dict[str, jax.Array],
+        s: dict[str, Any],
+        keep: Callable[[str, jax.Array], jax.Array],
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """One leaf's update and new buffers; `p` is None when no decay applies."""
+        """One leaf's update and new buffers; `p` is None when no decay applies.
+
+        Each new buffer passes through ``keep(name, x)`` before the update uses
+        it: the value as it will be stored.
+        """
         raise NotImplementedError
 
     # ----------------------------------------------------------------- helpers
@@ -196,16 +232,23 @@ class Optimizer(Transformation):
         bleaves = {n: treedef.flatten_up_to(getattr(state, n)) for n in present}
         index = assign(owner, self.groups, grads)
 
+        leaf = functools.partial(_leaf_update, self)
+        if any(isinstance(x, jax.core.Tracer) for x in gleaves):
+            # Under a trace, one nested jit per update: leaves with the same
+            # shapes and dtypes share one trace of the kernel instead of
+            # re-tracing it (XLA inlines the calls, so the program is the same).
+            # Eagerly, a fresh jit per call would recompile every step.
+            leaf = jax.jit(leaf, static_argnums=(4,))
         out, new = [], {n: [] for n in present}
         for k, (g, p, i) in enumerate(zip(gleaves, pleaves, index, strict=True)):
             g = jnp.asarray(g)
-            dtype = compute_dtype(g.dtype)
-            bufs = {n: bleaves[n][k].astype(dtype) for n in present}
-            pk = jnp.asarray(p).astype(dtype) if (p is not None and decays[i]) else None
-            u, bufs = self._kernel(pk, g.astype(dtype), bufs, scalars[i])
-            out.append(u.astype(dtype_of(p) if p is not None else g.dtype))
+            p = jnp.asarray(p) if (p is not None and decays[i]) else None
+            bufs = {n: bleaves[n][k] for n in present}
+            out_dtype = dtype_of(pleaves[k]) if pleaves[k] is not None else g.dtype
+            u, bufs = leaf(p, g, bufs, scalars[i], jnp.dtype(out_dtype))
+            out.append(u)
             for n in present:
-                new[n].append(bufs[n].astype(bleaves[n][k].dtype))
+                new[n].append(bufs[n])
         state = state._replace(
             count=increment(count),
             hyperparams=record(values, self.groups),

@@ -162,11 +162,11 @@ class sgd(Optimizer):
             "take": jnp.where(first | (hp["momentum"] == 0), 1.0, 1 - hp["dampening"]),
         }
 
-    def _kernel(self, p, g, bufs, s):
+    def _kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         if "momentum_buffer" in bufs:
-            buf = s["keep"] * bufs["momentum_buffer"] + s["take"] * g
+            buf = keep("momentum_buffer", s["keep"] * bufs["momentum_buffer"] + s["take"] * g)
             bufs = {"momentum_buffer": buf}
             g = g + s["momentum"] * buf if self.nesterov else buf
         return s["-lr"] * g, bufs
@@ -193,16 +193,16 @@ def _decay(p: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
     return p * s["1-lr*wd"] - p
 
 
-def _adam_kernel(p, g, bufs, s, *, decoupled: bool):
+def _adam_kernel(p, g, bufs, s, keep, *, decoupled: bool):
     if p is not None and not decoupled:
         g = g + s["weight_decay"] * p
-    mu = lerp(bufs["mu"], g, s["1-b1"])
-    nu = s["b2"] * bufs["nu"] + s["1-b2"] * (g * g)
+    mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
+    nu = keep("nu", s["b2"] * bufs["nu"] + s["1-b2"] * (g * g))
     new = {"mu": mu, "nu": nu}
     if "nu_max" in bufs:
         # torch keeps the max of the raw second moment and bias-corrects it
         # afterwards (optax takes the max after the correction).
-        nu = new["nu_max"] = jnp.maximum(bufs["nu_max"], nu)
+        nu = new["nu_max"] = keep("nu_max", jnp.maximum(bufs["nu_max"], nu))
     update = (s["-step_size"] * mu) / (jnp.sqrt(nu) / s["bc2_sqrt"] + s["eps"])
     if p is not None and decoupled:
         update = update + _decay(p, s)
@@ -266,8 +266,8 @@ class adam(Optimizer):
     def _scalars(self, hp, count):
         return _adam_scalars(hp, count)
 
-    def _kernel(self, p, g, bufs, s):
-        return _adam_kernel(p, g, bufs, s, decoupled=False)
+    def _kernel(self, p, g, bufs, s, keep):
+        return _adam_kernel(p, g, bufs, s, keep, decoupled=False)
 
 
 @transformation_type
@@ -323,8 +323,8 @@ class adamw(Optimizer):
     def _scalars(self, hp, count):
         return _adam_scalars(hp, count)
 
-    def _kernel(self, p, g, bufs, s):
-        return _adam_kernel(p, g, bufs, s, decoupled=True)
+    def _kernel(self, p, g, bufs, s, keep):
+        return _adam_kernel(p, g, bufs, s, keep, decoupled=True)
 
 
 @transformation_type
@@ -386,19 +386,20 @@ class rmsprop(Optimizer):
     def _scalars(self, hp, count):
         return hp | {"-lr": -hp["lr"], "1-alpha": 1 - hp["alpha"]}
 
-    def _kernel(self, p, g, bufs, s):
+    def _kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
-        square_avg = s["alpha"] * bufs["square_avg"] + s["1-alpha"] * (g * g)
+        square_avg = keep("square_avg", s["alpha"] * bufs["square_avg"] + s["1-alpha"] * (g * g))
         new = {"square_avg": square_avg}
         if "grad_avg" in bufs:
-            grad_avg = new["grad_avg"] = lerp(bufs["grad_avg"], g, s["1-alpha"])
+            grad_avg = new["grad_avg"] = keep("grad_avg", lerp(bufs["grad_avg"], g, s["1-alpha"]))
             avg = jnp.sqrt(square_avg - grad_avg * grad_avg)
         else:
             avg = jnp.sqrt(square_avg)
         avg = avg + s["eps"]
         if "momentum_buffer" in bufs:
-            buf = new["momentum_buffer"] = s["momentum"] * bufs["momentum_buffer"] + g / avg
+            buf = s["momentum"] * bufs["momentum_buffer"] + g / avg
+            buf = new["momentum_buffer"] = keep("momentum_buffer", buf)
             return s["-lr"] * buf, new
         return (s["-lr"] * g) / avg, new
 
@@ -457,10 +458,10 @@ class adagrad(Optimizer):
     def _scalars(self, hp, count):
         return hp | {"-clr": -(hp["lr"] / (1 + as_float(count) * hp["lr_decay"]))}
 
-    def _kernel(self, p, g, bufs, s):
+    def _kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
-        total = bufs["sum"] + g * g
+        total = keep("sum", bufs["sum"] + g * g)
         return (s["-clr"] * g) / (jnp.sqrt(total) + s["eps"]), {"sum": total}
 
 
@@ -518,7 +519,7 @@ class lion(Optimizer):
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
 
-    def _kernel(self, p, g, bufs, s):
+    def _kernel(self, p, g, bufs, s, keep):
         update = s["-lr"] * jnp.sign(s["b1"] * bufs["mu"] + s["1-b1"] * g)
         if p is not None:
             update = update + _decay(p, s)
