@@ -91,3 +91,27 @@ def test_quick_run_without_torch(tmp_path):
     assert results["memory"][0]["torch"] is None
     assert results["meta"]["settings"]["torch_threads"] is None
     assert results["meta"]["versions"]["torch"] == "not importable"
+
+
+def test_probes_run_and_report():
+    # The XLA probes quoted in benchmarks/README.md, on tiny shapes (in this
+    # process: one CPU device like the probes' own runs).
+    from benchmarks import probes
+
+    assert probes.siblings().startswith("siblings: (a + b, a * b) compiles to ")
+    assert re.fullmatch(
+        r"distinct: 8 loops compile in [\d.]+ s when identical, [\d.]+ s when each leaf has "
+        r"its own size, [\d.]+ s as slices of one flat array",
+        probes.distinct(8),
+    )
+    assert re.fullmatch(
+        r"flat: AdamW over 8 leaves of 1000: per-leaf state [\d.]+ ms/step, compile [\d.]+ s; "
+        r"flat state [\d.]+ ms/step, compile [\d.]+ s",
+        probes.flat(8, repeats=2),
+    )
+    assert re.fullmatch(
+        r"chunked: AdamW on one leaf of 65,536: XLA's loops [\d.]+ ms; one chunked pass [\d.]+ ms",
+        probes.chunked(1 << 16, 1 << 12, repeats=2),
+    )
+    with pytest.raises(SystemExit):
+        probes.main(["nonsense"])

@@ -4,8 +4,13 @@ A concrete optimizer declares its state type, the per-leaf buffers it keeps,
 a per-group scalar step (`_scalars`: bias corrections and the like, computed
 once per group from the hyperparameters and the count) and a per-leaf kernel
 (`_kernel`) that is an elementwise function of (param, grad, buffers, scalars).
-Keeping the kernel elementwise is what lets a later fused implementation run
-many leaves in one pass without touching the numerics.
+
+Every leaf keeps its own arrays, and XLA fuses each leaf's kernel into loops
+over that leaf alone. Leaves are not concatenated into one vector: splitting
+it back costs XLA one distinct kernel to compile per leaf (35-40 ms each on one
+CPU, where identical per-leaf kernels compile once), and concatenating
+sharded leaves would gather them. Under a trace the per-leaf work is one
+nested `jit`, so leaves of one shape and dtype share a single trace.
 """
 
 from __future__ import annotations
