@@ -19,11 +19,17 @@ Timings are medians of interleaved runs, like the main harness; run it with
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._env import configure
+from ._timing import Runner, interleaved, stats, warm
 
 _N_LEAVES = 1000
 _LEAF = 1000
@@ -31,21 +37,14 @@ _LARGE = 1 << 24
 _CHUNK = 1 << 15
 
 
-def _median_ms(fn: Callable[[], Any], sync: Callable[[], Any], repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        fn()
-        sync()
-        t = time.perf_counter()
-        fn()
-        fn()
-        sync()
-        samples.append((time.perf_counter() - t) / 2 * 1e3)
-    return statistics.median(samples)
+def _medians_ms(runners: list[Runner], repeats: int) -> dict[str, float]:
+    """Median ms per step of each runner, runs interleaved as in the main harness."""
+    warm(runners, 2)
+    samples, _ = interleaved(runners, repeats, steps=2)
+    return {name: stats(s)["median_ms"] for name, s in samples.items()}
 
 
 def _compile_s(fn: Callable[..., Any], *args: Any) -> float:
-    import jax
 
     t = time.perf_counter()
     jax.jit(fn).lower(*args).compile()
@@ -54,7 +53,6 @@ def _compile_s(fn: Callable[..., Any], *args: Any) -> float:
 
 def _adam(p: Any, g: Any, m: Any, v: Any) -> tuple[Any, Any, Any]:
     """AdamW's arithmetic at step 1 (constants stand in for the scalars)."""
-    import jax.numpy as jnp
 
     m = m + 0.1 * (g - m)
     v = 0.999 * v + 0.001 * (g * g)
@@ -63,8 +61,6 @@ def _adam(p: Any, g: Any, m: Any, v: Any) -> tuple[Any, Any, Any]:
 
 
 def siblings() -> str:
-    import jax
-    import jax.numpy as jnp
 
     x = jax.ShapeDtypeStruct((1000,), jnp.float32)
     text = jax.jit(lambda a, b: (a + b, a * b)).lower(x, x).compile().as_text()
@@ -73,8 +69,6 @@ def siblings() -> str:
 
 
 def distinct(n: int = _N_LEAVES) -> str:
-    import jax
-    import jax.numpy as jnp
 
     same = [jax.ShapeDtypeStruct((_LEAF,), jnp.float32)] * n
     differ = [jax.ShapeDtypeStruct((_LEAF + i,), jnp.float32) for i in range(n)]
@@ -94,9 +88,6 @@ def distinct(n: int = _N_LEAVES) -> str:
 
 
 def flat(n: int = _N_LEAVES, repeats: int = 9) -> str:
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     rng = np.random.default_rng(0)
     params = [jnp.asarray(rng.normal(size=_LEAF), jnp.float32) for _ in range(n)]
@@ -114,7 +105,7 @@ def flat(n: int = _N_LEAVES, repeats: int = 9) -> str:
         u, m, v = _adam(jnp.concatenate(p), jnp.concatenate(g), *s)
         return [x + u[offsets[i] : offsets[i + 1]] for i, x in enumerate(p)], (m, v)
 
-    rows = []
+    runners, compile_s = [], {}
     for name, fn, state in [
         ("per-leaf state", per_leaf, tuple([jnp.zeros(_LEAF) for _ in range(n)] for _ in "mv")),
         ("flat state", flat_state, (jnp.zeros(n * _LEAF), jnp.zeros(n * _LEAF))),
@@ -122,21 +113,19 @@ def flat(n: int = _N_LEAVES, repeats: int = 9) -> str:
         p = [x + 0 for x in params]
         t = time.perf_counter()
         step = jax.jit(fn, donate_argnums=(0, 1)).lower(p, state, grads).compile()
-        compile_s = time.perf_counter() - t
+        compile_s[name] = time.perf_counter() - t
         box = [p, state]
 
         def run(step: Any = step, box: list[Any] = box) -> None:
             box[0], box[1] = step(box[0], box[1], grads)
 
-        ms = _median_ms(run, lambda box=box: jax.block_until_ready(box[0][0]), repeats)
-        rows.append(f"{name} {ms:.1f} ms/step, compile {compile_s:.1f} s")
+        runners.append(Runner(name, "jax", run, lambda box=box: box[0][0].block_until_ready()))
+    ms = _medians_ms(runners, repeats)
+    rows = [f"{name} {ms[name]:.1f} ms/step, compile {compile_s[name]:.1f} s" for name in ms]
     return f"flat: AdamW over {n} leaves of {_LEAF}: " + "; ".join(rows)
 
 
 def chunked(size: int = _LARGE, chunk: int = _CHUNK, repeats: int = 15) -> str:
-    import jax
-    import jax.numpy as jnp
-    from jax import lax
 
     def xla(p: Any, g: Any, m: Any, v: Any) -> tuple[Any, Any, Any]:
         u, m, v = _adam(p, g, m, v)
@@ -159,24 +148,20 @@ def chunked(size: int = _LARGE, chunk: int = _CHUNK, repeats: int = 15) -> str:
         return lax.fori_loop(0, size // chunk, body, (p, m, v))
 
     keys = jax.random.split(jax.random.key(0), 4)
-    runners = {}
+    runners, arrays = [], {}
     for name, fn in [("XLA's loops", xla), ("one chunked pass", one_pass)]:
-        arrays = [jax.random.normal(k, (size,)) * 1e-2 for k in keys]
-        arrays[3] = jnp.abs(arrays[3])
-        runners[name] = (jax.jit(fn, donate_argnums=(0, 2, 3)), arrays)
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):  # interleaved, so load falls on both alike
-        for name, (step, arrays) in runners.items():
+        arrays[name] = [jax.random.normal(k, (size,)) * 1e-2 for k in keys]
+        arrays[name][3] = jnp.abs(arrays[name][3])
+        step = jax.jit(fn, donate_argnums=(0, 2, 3))
 
-            def run(step: Any = step, arrays: list[Any] = arrays) -> None:
-                arrays[0], arrays[2], arrays[3] = step(*arrays)
+        def run(step: Any = step, a: list[Any] = arrays[name]) -> None:
+            a[0], a[2], a[3] = step(*a)
 
-            samples[name].append(
-                _median_ms(run, lambda arrays=arrays: arrays[0].block_until_ready(), 1)
-            )
-    rows = [f"{name} {statistics.median(s):.1f} ms" for name, s in samples.items()]
+        runners.append(Runner(name, "jax", run, lambda a=arrays[name]: a[0].block_until_ready()))
+    ms = _medians_ms(runners, repeats)
+    rows = [f"{name} {ms[name]:.1f} ms" for name in ms]
     # Both ran the same steps from the same arrays: the pass must agree.
-    (_, a), (_, b) = runners.values()
+    a, b = arrays.values()
     agree = all(bool(jnp.allclose(x, y, rtol=1e-5, atol=0)) for x, y in zip(a, b, strict=True))
     return (
         f"chunked: AdamW on one leaf of {size:,}: "
@@ -195,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.names) - set(PROBES))
     if unknown:
         parser.error(f"unknown probes {unknown}; known: {', '.join(PROBES)}")
-    if hasattr(os, "sched_setaffinity"):
-        # One CPU, as the main harness's default: before JAX starts its pool.
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-    import jax
+    configure(1)  # one CPU, as the main harness's default, before JAX starts
 
     print(f"jax {jax.__version__} on {jax.default_backend()}", flush=True)
     for name in args.names or PROBES:
