@@ -8,7 +8,7 @@ learning rate and weight decay already applied:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -172,17 +172,6 @@ class sgd(Optimizer):
         return s["-lr"] * g, bufs
 
 
-def _adam_scalars(hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
-    t = as_float(count) + 1
-    return hp | {
-        "1-b1": 1 - hp["b1"],
-        "1-b2": 1 - hp["b2"],
-        "-step_size": -(hp["lr"] / (1 - hp["b1"] ** t)),
-        "bc2_sqrt": jnp.sqrt(1 - hp["b2"] ** t),
-        "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
-    }
-
-
 def _decay(p: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
     """The delta of torch's ``p.mul_(1 - lr * wd)``.
 
@@ -193,24 +182,46 @@ def _decay(p: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
     return p * s["1-lr*wd"] - p
 
 
-def _adam_kernel(p, g, bufs, s, keep, *, decoupled: bool):
-    if p is not None and not decoupled:
-        g = g + s["weight_decay"] * p
-    mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
-    nu = keep("nu", s["b2"] * bufs["nu"] + s["1-b2"] * (g * g))
-    new = {"mu": mu, "nu": nu}
-    if "nu_max" in bufs:
-        # torch keeps the max of the raw second moment and bias-corrects it
-        # afterwards (optax takes the max after the correction).
-        nu = new["nu_max"] = keep("nu_max", jnp.maximum(bufs["nu_max"], nu))
-    update = (s["-step_size"] * mu) / (jnp.sqrt(nu) / s["bc2_sqrt"] + s["eps"])
-    if p is not None and decoupled:
-        update = update + _decay(p, s)
-    return update, new
+class _Adam(Optimizer):
+    """What `adam` and `adamw` share: moments, bias corrections, AMSGrad.
+
+    They differ in where the weight decay goes (`_decoupled`) and its default.
+    """
+
+    State = AdamState
+    _decoupled: ClassVar[bool]
+
+    def _buffers(self) -> tuple[str, ...]:
+        return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
+
+    def _scalars(self, hp, count):
+        t = as_float(count) + 1
+        return hp | {
+            "1-b1": 1 - hp["b1"],
+            "1-b2": 1 - hp["b2"],
+            "-step_size": -(hp["lr"] / (1 - hp["b1"] ** t)),
+            "bc2_sqrt": jnp.sqrt(1 - hp["b2"] ** t),
+            "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
+        }
+
+    def _kernel(self, p, g, bufs, s, keep):
+        if p is not None and not self._decoupled:
+            g = g + s["weight_decay"] * p
+        mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
+        nu = keep("nu", s["b2"] * bufs["nu"] + s["1-b2"] * (g * g))
+        new = {"mu": mu, "nu": nu}
+        if "nu_max" in bufs:
+            # torch keeps the max of the raw second moment and bias-corrects it
+            # afterwards (optax takes the max after the correction).
+            nu = new["nu_max"] = keep("nu_max", jnp.maximum(bufs["nu_max"], nu))
+        update = (s["-step_size"] * mu) / (jnp.sqrt(nu) / s["bc2_sqrt"] + s["eps"])
+        if p is not None and self._decoupled:
+            update = update + _decay(p, s)
+        return update, new
 
 
 @transformation_type
-class adam(Optimizer):
+class adam(_Adam):
     """Adam with L2 weight decay: torch.optim.Adam.
 
     .. math::
@@ -249,7 +260,7 @@ class adam(Optimizer):
         torch.optim.Adam (PyTorch 2.x); Kingma & Ba, 2015; Reddi et al., 2018 (AMSGrad).
     """
 
-    State = AdamState
+    _decoupled = False
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)
     b1: Hyper = field(HYPER, 0.9, check=UNIT)
@@ -260,18 +271,9 @@ class adam(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
-        return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
-
-    def _scalars(self, hp, count):
-        return _adam_scalars(hp, count)
-
-    def _kernel(self, p, g, bufs, s, keep):
-        return _adam_kernel(p, g, bufs, s, keep, decoupled=False)
-
 
 @transformation_type
-class adamw(Optimizer):
+class adamw(_Adam):
     """Adam with decoupled weight decay: torch.optim.AdamW.
 
     .. math::
@@ -306,7 +308,7 @@ class adamw(Optimizer):
         torch.optim.AdamW (PyTorch 2.x); Loshchilov & Hutter, 2019.
     """
 
-    State = AdamState
+    _decoupled = True
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)
     b1: Hyper = field(HYPER, 0.9, check=UNIT)
@@ -316,15 +318,6 @@ class adamw(Optimizer):
     amsgrad: bool = field(BOOL, False)
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
-
-    def _buffers(self) -> tuple[str, ...]:
-        return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
-
-    def _scalars(self, hp, count):
-        return _adam_scalars(hp, count)
-
-    def _kernel(self, p, g, bufs, s, keep):
-        return _adam_kernel(p, g, bufs, s, keep, decoupled=True)
 
 
 @transformation_type
