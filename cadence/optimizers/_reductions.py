@@ -37,15 +37,20 @@ _AXIS = "cadence_devices"
 
 
 def partial_sum(x: jax.Array, p: float) -> jax.Array:
-    """The reduction of one leaf that its p-norm is the root of (the max for ``inf``)."""
+    """The reduction of one leaf that its p-norm is the root of (the max for ``inf``).
+
+    In JAX's default float dtype (float32, or float64 under x64).
+    """
     x = jnp.abs(x)
     if p == math.inf:
-        return jnp.max(x, initial=0.0)
-    if p == 1:
-        return jnp.sum(x)
-    if p == 2:
-        return jnp.sum(x * x)
-    return jnp.sum(x**p)
+        s = jnp.max(x, initial=0.0)
+    elif p == 1:
+        s = jnp.sum(x)
+    elif p == 2:
+        s = jnp.sum(x * x)
+    else:
+        s = jnp.sum(x**p)
+    return s.astype(float_dtype())
 
 
 def finish(s: jax.Array, p: float) -> jax.Array:
@@ -58,7 +63,7 @@ def finish(s: jax.Array, p: float) -> jax.Array:
 
 
 def _stacked(p: float, *leaves: jax.Array) -> jax.Array:
-    return jnp.stack([partial_sum(x, p).astype(float_dtype()) for x in leaves])
+    return jnp.stack([partial_sum(x, p) for x in leaves])
 
 
 def _first_holders(sharding: Any, shape: tuple[int, ...], devices: Sequence[Any]) -> np.ndarray:
@@ -89,7 +94,7 @@ def _partition(p: float, mesh: Any, arg_shapes: Any, result_shape: Any) -> Any:
         me = jax.lax.axis_index(_AXIS)
         sums = []
         for x, mask in zip(shards, masks, strict=True):
-            s = partial_sum(x, p).astype(float_dtype())
+            s = partial_sum(x, p)
             if mask is not None and not mask.all():
                 s = jnp.where(jnp.asarray(mask)[me], s, jnp.zeros_like(s))
             sums.append(s)
@@ -158,6 +163,6 @@ def leaf_partials(leaves: Sequence[jax.Array], p: float) -> list[jax.Array]:
         return []
     if jax.device_count() == 1:
         # Nothing can be sharded: the plain reductions, no custom call at all.
-        return [partial_sum(x, p).astype(float_dtype()) for x in leaves]
+        return [partial_sum(x, p) for x in leaves]
     stacked = _combined(p)(*leaves)
     return [stacked[i] for i in range(len(leaves))]
