@@ -200,7 +200,12 @@ class _Adam(Optimizer):
             "1-b1": 1 - hp["b1"],
             "1-b2": 1 - hp["b2"],
             "-step_size": -(hp["lr"] / (1 - hp["b1"] ** t)),
-            "bc2_sqrt": jnp.sqrt(1 - hp["b2"] ** t),
+            # torch divides by sqrt(1 - b2^t); XLA turns that division into a
+            # product with the reciprocal or not depending on how many leaves
+            # share the scalar (and 1/sqrt into rsqrt under jit only). The
+            # product with rsqrt, written out, rounds the same in every
+            # program, eager or jitted, and in `step`'s native kernel.
+            "1/bc2_sqrt": jax.lax.rsqrt(1 - hp["b2"] ** t),
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
 
@@ -214,7 +219,7 @@ class _Adam(Optimizer):
             # torch keeps the max of the raw second moment and bias-corrects it
             # afterwards (optax takes the max after the correction).
             nu = new["nu_max"] = keep("nu_max", jnp.maximum(bufs["nu_max"], nu))
-        update = (s["-step_size"] * mu) / (jnp.sqrt(nu) / s["bc2_sqrt"] + s["eps"])
+        update = (s["-step_size"] * mu) / (jnp.sqrt(nu) * s["1/bc2_sqrt"] + s["eps"])
         if p is not None and self._decoupled:
             update = update + _decay(p, s)
         return update, new
