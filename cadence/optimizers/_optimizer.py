@@ -15,6 +15,7 @@ nested `jit`, so leaves of one shape and dtype share a single trace.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,9 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from . import _native
 from ._base import (
     Transformation,
     check_tree,
@@ -69,6 +72,77 @@ def _leaf_update(
         pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep
     )
     return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
+
+
+def _leaf_step(
+    opt: Optimizer,
+    p: jax.Array,
+    g: jax.Array,
+    bufs: dict[str, jax.Array],
+    s: dict[str, Any],
+    decay: bool,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One leaf's new parameter and buffers: `_leaf_update` and the sum, or one native loop."""
+
+    def xla(p, g, bufs, s):
+        if "grad_scale" in s:
+            # clip_by_global_norm's own arithmetic, which XLA fuses into the loops.
+            g = (g.astype(compute_dtype(g.dtype)) * s["grad_scale"]).astype(g.dtype)
+        u, new = _leaf_update(opt, p if decay else None, g, bufs, s, p.dtype)
+        # optax.apply_updates, leaf by leaf.
+        return jnp.asarray(p + u).astype(p.dtype), new
+
+    # The kernels take the buffers in the state's field order (a dict that
+    # went through jit comes back with sorted keys).
+    order = tuple(n for n in opt._buffer_names() if n in bufs)
+    kernel = opt._native_kernel(order, decay)
+    if kernel is not None and "grad_scale" in s:
+        target, names, flags = kernel
+        kernel = target, (*names, "grad_scale"), flags | _native.SCALED
+    if kernel is None or not _native_fits(p, g, bufs, s, kernel[1]):
+        return xla(p, g, bufs, s)
+    target, names, flags = kernel
+
+    def run(p, g, bufs, s):
+        scalars = jnp.stack([s[n] for n in names])
+        outs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (p, *(bufs[n] for n in order))]
+        # Inputs: scalars, p, g, buffers; p and each buffer are updated in place.
+        aliases = {1: 0} | {3 + k: 1 + k for k in range(len(order))}
+        call = jax.ffi.ffi_call(
+            target, outs, input_output_aliases=aliases, vmap_method="sequential"
+        )
+        p, *new = call(scalars, p, g, *(bufs[n] for n in order), flags=np.int64(flags))
+        return p, dict(zip(order, new, strict=True))
+
+    def native(p, g, bufs, s):
+        # Only a CPU has the kernel; another platform lowers XLA's loops.
+        return jax.lax.platform_dependent(p, g, bufs, s, cpu=run, default=xla)
+
+    native = jax.custom_jvp(native)
+    # Derivatives (meta-learning through a step) follow XLA's formulation.
+    native.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
+    return native(p, g, bufs, s)
+
+
+def _native_fits(
+    p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any], names: Sequence[str]
+) -> bool:
+    """Whether the native kernel computes exactly what XLA would for this leaf.
+
+    It works in one dtype (float32 or float64) for the parameter, gradient,
+    buffers and scalars alike; mixed dtypes (bfloat16 parameters, narrower
+    state, float64 hyperparameters over float32 parameters) go through XLA.
+    With several devices XLA's partitioner would gather a custom call's
+    sharded operands, so those processes use XLA too.
+    """
+    dtype = p.dtype
+    if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or p.shape != g.shape:
+        return False
+    if any(b.dtype != dtype or b.shape != p.shape for b in bufs.values()):
+        return False
+    if any(jnp.shape(s[n]) != () or jnp.result_type(s[n]) != dtype for n in names):
+        return False
+    return jax.device_count() == 1 and _native.available()
 
 
 class Optimizer(Transformation):
@@ -203,8 +277,84 @@ class Optimizer(Transformation):
             **extra: ignored (accepted for optax's extra-args protocol).
         """
         del extra
-        owner = f"{type(self).__name__}.update"
-        grads = updates
+        run = self._prepare(f"{type(self).__name__}.update", updates, state, params)
+        leaf = functools.partial(_leaf_update, self)
+        if run.traced:
+            # Under a trace, one nested jit per update: leaves with the same
+            # shapes and dtypes share one trace of the kernel instead of
+            # re-tracing it (XLA inlines the calls, so the program is the same).
+            # Eagerly, a fresh jit per call would recompile every step.
+            leaf = jax.jit(leaf, static_argnums=(4,))
+        out, new = [], {n: [] for n in run.present}
+        for k, (g, p, i) in enumerate(zip(run.grads, run.params, run.index, strict=True)):
+            g = jnp.asarray(g)
+            p = jnp.asarray(p) if (p is not None and run.decays[i]) else None
+            bufs = {n: run.buffers[n][k] for n in run.present}
+            out_dtype = dtype_of(run.params[k]) if run.params[k] is not None else g.dtype
+            u, bufs = leaf(p, g, bufs, run.scalars[i], jnp.dtype(out_dtype))
+            out.append(u)
+            for n in run.present:
+                new[n].append(bufs[n])
+        return run.treedef.unflatten(out), run.finish(state, new)
+
+    def step(self, grads: Any, state: Any, params: Any, **extra: Any) -> tuple[Any, Any]:
+        """One training step: the new parameters and state.
+
+        The same numbers as `update` followed by ``optax.apply_updates``. On a
+        CPU (one device) each leaf is updated by one loop that reads and
+        writes every array once, in place when the caller donates params and
+        state (torch's fused step); XLA's CPU backend would write the new
+        buffers in separate loops. Elsewhere, and for configurations without
+        a native kernel, it is `update` then the sum, which XLA fuses.
+
+        Args:
+            grads: the gradients.
+            state: from `init` or the previous update.
+            params: the current parameters.
+            **extra: ignored (accepted for optax's extra-args protocol).
+
+        Donate params and state in the order `step` returns them (params
+        first): JAX hands donated buffers to outputs of the same shape in
+        argument order, and a moment given to the parameter's output would
+        cost a copy.
+
+        Example:
+            >>> import functools, jax, jax.numpy as jnp
+            >>> from cadence import optimizers as O
+            >>> opt = O.adamw(0.1)
+            >>> @functools.partial(jax.jit, donate_argnums=(0, 1))
+            ... def train_step(params, state, x):
+            ...     grads = jax.grad(lambda p: jnp.sum((p["w"] * x) ** 2))(params)
+            ...     return opt.step(grads, state, params)
+            >>> params = {"w": jnp.array([1.0, -1.0])}
+            >>> params, state = train_step(params, opt.init(params), jnp.ones(2))
+            >>> params["w"]
+            Array([ 0.899, -0.899], dtype=float32)
+        """
+        del extra
+        return self._step(grads, state, params, None)
+
+    def _step(self, grads: Any, state: Any, params: Any, scale: jax.Array | None) -> Any:
+        """`step` on ``grads * scale`` (a clipping coefficient that `chain` defers here)."""
+        owner = f"{type(self).__name__}.step"
+        if params is None:
+            raise TypeError(f"{owner}: params are required (step returns the new params)")
+        run = self._prepare(owner, grads, state, params)
+        leaf = functools.partial(_leaf_step, self)
+        if run.traced:
+            leaf = jax.jit(leaf, static_argnums=(4,))
+        out, new = [], {n: [] for n in run.present}
+        for k, (g, p, i) in enumerate(zip(run.grads, run.params, run.index, strict=True)):
+            bufs = {n: run.buffers[n][k] for n in run.present}
+            s = run.scalars[i] if scale is None else run.scalars[i] | {"grad_scale": scale}
+            p, bufs = leaf(jnp.asarray(p), jnp.asarray(g), bufs, s, run.decays[i])
+            out.append(p)
+            for n in run.present:
+                new[n].append(bufs[n])
+        return run.treedef.unflatten(out), run.finish(state, new)
+
+    def _prepare(self, owner: str, grads: Any, state: Any, params: Any) -> _Run:
+        """Validate the call and evaluate what every leaf's update needs."""
         if not isinstance(state, self.State):
             raise TypeError(
                 f"{owner}: expected a {self.State.__name__}, got {type(state).__name__}"
@@ -226,37 +376,47 @@ class Optimizer(Transformation):
             raise ValueError(
                 f"{owner}: params are required when {' or '.join(self._decay)} is not 0"
             )
-
-        count = state.count
-        values = group_values(self._defaults(), self.groups, count)
-        scalars = [self._scalars(v, count) for v in values]
-        decays = self._decays()
-
+        values = group_values(self._defaults(), self.groups, state.count)
         gleaves, treedef = jax.tree.flatten(grads)
-        pleaves = treedef.flatten_up_to(params) if params is not None else [None] * len(gleaves)
-        bleaves = {n: treedef.flatten_up_to(getattr(state, n)) for n in present}
-        index = assign(owner, self.groups, grads)
-
-        leaf = functools.partial(_leaf_update, self)
-        if any(isinstance(x, jax.core.Tracer) for x in gleaves):
-            # Under a trace, one nested jit per update: leaves with the same
-            # shapes and dtypes share one trace of the kernel instead of
-            # re-tracing it (XLA inlines the calls, so the program is the same).
-            # Eagerly, a fresh jit per call would recompile every step.
-            leaf = jax.jit(leaf, static_argnums=(4,))
-        out, new = [], {n: [] for n in present}
-        for k, (g, p, i) in enumerate(zip(gleaves, pleaves, index, strict=True)):
-            g = jnp.asarray(g)
-            p = jnp.asarray(p) if (p is not None and decays[i]) else None
-            bufs = {n: bleaves[n][k] for n in present}
-            out_dtype = dtype_of(pleaves[k]) if pleaves[k] is not None else g.dtype
-            u, bufs = leaf(p, g, bufs, scalars[i], jnp.dtype(out_dtype))
-            out.append(u)
-            for n in present:
-                new[n].append(bufs[n])
-        state = state._replace(
-            count=increment(count),
-            hyperparams=record(values, self.groups),
-            **{n: treedef.unflatten(v) for n, v in new.items()},
+        return _Run(
+            grads=gleaves,
+            params=(treedef.flatten_up_to(params) if params is not None else [None] * len(gleaves)),
+            buffers={n: treedef.flatten_up_to(getattr(state, n)) for n in present},
+            present=present,
+            index=assign(owner, self.groups, grads),
+            values=values,
+            scalars=[self._scalars(v, state.count) for v in values],
+            decays=self._decays(),
+            treedef=treedef,
+            traced=any(isinstance(x, jax.core.Tracer) for x in gleaves),
+            groups=self.groups,
         )
-        return treedef.unflatten(out), state
+
+    def _native_kernel(self, bufs: Sequence[str], decay: bool) -> tuple[str, tuple, int] | None:
+        """The native kernel for this leaf: (target, scalar names, flags), or None."""
+        del bufs, decay
+        return None
+
+
+@dataclasses.dataclass
+class _Run:
+    """What `Optimizer._prepare` found: flat leaves, buffers, per-group scalars."""
+
+    grads: list[Any]
+    params: list[Any]
+    buffers: dict[str, list[Any]]
+    present: list[str]
+    index: list[int]
+    values: list[dict[str, jax.Array]]
+    scalars: list[dict[str, jax.Array]]
+    decays: list[bool]
+    treedef: Any
+    traced: bool
+    groups: Groups | None
+
+    def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
+        return state._replace(
+            count=increment(state.count),
+            hyperparams=record(self.values, self.groups),
+            **{n: self.treedef.unflatten(v) for n, v in new.items()},
+        )

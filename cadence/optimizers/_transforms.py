@@ -31,6 +31,7 @@ from ._base import (
     zero_count,
 )
 from ._groups import evaluate
+from ._optimizer import Optimizer
 from ._reductions import finish, leaf_partials, partial_sum
 
 __all__ = [
@@ -113,16 +114,46 @@ class chain(Transformation):
     def update(
         self, updates: Any, state: Any, params: Any = None, **extra: Any
     ) -> tuple[Any, ChainState]:
-        if not isinstance(state, ChainState) or len(state.inner) != len(self.txs):
-            raise ValueError(
-                f"chain.update: expected a ChainState of {len(self.txs)} states, got "
-                f"{type(state).__name__}; call init first"
-            )
+        self._check_state(state, "update")
         new = []
         for tx, s in zip(self.txs, state.inner, strict=True):
             updates, s = tx.update(updates, s, params, **extra)
             new.append(s)
         return updates, ChainState(tuple(new))
+
+    def step(self, grads: Any, state: Any, params: Any, **extra: Any) -> tuple[Any, ChainState]:
+        """`update` through all but the last transformation, then the last one's `step`.
+
+        A chain ending in an optimizer (``chain(clip_by_global_norm(1.0), adamw())``)
+        thus updates each leaf in one pass on CPU, as `Optimizer.step` does.
+        """
+        self._check_state(state, "step")
+        if not self.txs:
+            return super().step(grads, state, params, **extra)
+        *head, last = self.txs
+        # clip_by_global_norm right before an optimizer: the optimizer's
+        # kernel multiplies each gradient by the coefficient as it reads it,
+        # instead of a pass that writes the clipped gradients out.
+        defer = bool(head) and type(head[-1]) is clip_by_global_norm
+        defer = defer and isinstance(last, Optimizer)
+        updates, new = grads, []
+        for tx, s in zip(head[:-1] if defer else head, state.inner, strict=False):
+            updates, s = tx.update(updates, s, params, **extra)
+            new.append(s)
+        if defer:
+            coef, s = head[-1]._coefficient(updates, state.inner[len(head) - 1])
+            new.append(s)
+            params, s = last._step(updates, state.inner[-1], params, coef)
+        else:
+            params, s = last.step(updates, state.inner[-1], params, **extra)
+        return params, ChainState((*new, s))
+
+    def _check_state(self, state: Any, method: str) -> None:
+        if not isinstance(state, ChainState) or len(state.inner) != len(self.txs):
+            raise ValueError(
+                f"chain.{method}: expected a ChainState of {len(self.txs)} states, got "
+                f"{type(state).__name__}; call init first"
+            )
 
     def __repr__(self) -> str:
         return f"chain({', '.join(map(repr, self.txs))})"
@@ -209,14 +240,18 @@ class clip_by_global_norm(Transformation):
         self, updates: Any, state: Any, params: Any = None, **extra: Any
     ) -> tuple[Any, ClipByGlobalNormState]:
         del params, extra
-        max_norm = evaluate(self.max_norm, state.count)
-        total = global_norm(updates, self.norm_type)
-        coef = jnp.minimum(max_norm / (total + 1e-6), 1.0)
+        coef, state = self._coefficient(updates, state)
         clipped = jax.tree.map(
             lambda g: (g.astype(compute_dtype(g.dtype)) * coef).astype(g.dtype), updates
         )
-        state = ClipByGlobalNormState(increment(state.count), total, {"max_norm": max_norm})
         return clipped, state
+
+    def _coefficient(self, updates: Any, state: Any) -> tuple[jax.Array, ClipByGlobalNormState]:
+        """The factor `update` multiplies every gradient by, and the new state."""
+        max_norm = evaluate(self.max_norm, state.count)
+        total = global_norm(updates, self.norm_type)
+        coef = jnp.minimum(max_norm / (total + 1e-6), 1.0)
+        return coef, ClipByGlobalNormState(increment(state.count), total, {"max_norm": max_norm})
 
 
 class ClipByValueState(NamedTuple):

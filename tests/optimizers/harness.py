@@ -36,30 +36,39 @@ def lsq_loss(params, xa, xb, y):
     return jnp.sum((pred - y) ** 2) / (2 * C.SAMPLES)
 
 
-def simulate(opt, init, grads, xa, xb, y, closed_loop):
-    """Parameters after every update: the gradient is ``closed_loop * lsq + grads[k]``."""
+def simulate(opt, init, grads, xa, xb, y, closed_loop, method="update"):
+    """Parameters after every update: the gradient is ``closed_loop * lsq + grads[k]``.
+
+    `method` "update" applies ``opt.update`` and ``optax.apply_updates``; "step"
+    calls ``opt.step``.
+    """
 
     def step(carry, g):
         params, state = carry
         lsq = jax.grad(lsq_loss)(params, xa, xb, y)
         g = jax.tree.map(lambda a, b: closed_loop * a + b, lsq, g)
-        updates, state = opt.update(g, state, params)
-        params = optax.apply_updates(params, updates)
+        if method == "step":
+            params, state = opt.step(g, state, params)
+        else:
+            updates, state = opt.update(g, state, params)
+            params = optax.apply_updates(params, updates)
         return (params, state), params
 
     _, trajectory = jax.lax.scan(step, (init, opt.init(init)), grads)
     return trajectory
 
 
-@jax.jit
-def _simulate_all(opts, init, grads, xa, xb, y, closed_loop):
+@functools.partial(jax.jit, static_argnames="method")
+def _simulate_all(opts, init, grads, xa, xb, y, closed_loop, method):
     # One program for every case: XLA's fixed cost per compilation dominates
     # these small loops, so one large compilation beats fifty small ones.
-    return {name: simulate(o, init, grads, xa, xb, y, closed_loop) for name, o in opts.items()}
+    return {
+        name: simulate(o, init, grads, xa, xb, y, closed_loop, method) for name, o in opts.items()
+    }
 
 
 @functools.cache
-def _all(dtype: str) -> dict[tuple[str, str], np.ndarray]:
+def _all(dtype: str, method: str) -> dict[tuple[str, str], np.ndarray]:
     data = C.problem()
 
     def cast(tree):
@@ -76,6 +85,7 @@ def _all(dtype: str) -> dict[tuple[str, str], np.ndarray]:
             cast(nest(grads)),
             *cast((data.xa, data.xb, data.y)),
             jnp.asarray(1.0 if closed else 0.0, dtype),
+            method,
         )
         for name, traj in trajectories.items():
             assert jax.tree.leaves(traj)[0].dtype == np.dtype(dtype)
@@ -86,12 +96,13 @@ def _all(dtype: str) -> dict[tuple[str, str], np.ndarray]:
     return out
 
 
-def run_cadence(case_id: str, problem: str, dtype: str) -> np.ndarray:
+def run_cadence(case_id: str, problem: str, dtype: str, method: str = "update") -> np.ndarray:
     """cadence's parameters after each update in `C.SNAPSHOTS`, like `C.reference`.
 
-    Every case is computed on first use (per dtype); float64 needs x64 enabled.
+    Every case is computed on first use (per dtype and method); float64 needs
+    x64 enabled.
     """
-    return _all(dtype)[case_id, problem]
+    return _all(dtype, method)[case_id, problem]
 
 
 def relative_error(ours: np.ndarray, ref: np.ndarray) -> float:

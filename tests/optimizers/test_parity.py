@@ -86,6 +86,18 @@ def test_golden_float32(case, request):
 
 
 @pytest.mark.parametrize("dtype", C.DTYPES)
+def test_golden_step(dtype, request):
+    # `step` (one native loop per leaf on CPU) trains like torch too.
+    if dtype == "float64":
+        request.getfixturevalue("x64")
+    for case in sorted(C.CASES):
+        for problem in C.PROBLEMS:
+            ref = np.asarray(GOLDEN["cases"][case][problem][dtype], dtype)
+            ours = run_cadence(case, problem, dtype, method="step")
+            _check(ours, ref, dtype, f"{case}/{problem} (step)")
+
+
+@pytest.mark.parametrize("dtype", C.DTYPES)
 @pytest.mark.parametrize("case", sorted(C.CASES))
 def test_live_reference(case, dtype, request):
     pytest.importorskip("torch")  # for Lion too: the references are computed together

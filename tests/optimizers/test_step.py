@@ -1,0 +1,232 @@
+"""`step`: the new parameters in one call, one native loop per leaf on CPU.
+
+Wherever the native kernel runs, `step` must give bit for bit what `update`
+followed by `optax.apply_updates` gives when XLA compiles it; elsewhere it is
+that computation itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cadence import optimizers as O
+from cadence.optimizers import _native
+
+from .examples import EVERYTHING, EXTRA, OPTIMIZERS
+
+# The configurations with a native kernel (float32/float64, one device).
+NATIVE = {
+    "sgd",
+    "sgd_nesterov",
+    "sgd_dampening",
+    "adam",
+    "rmsprop",
+    "rmsprop_centered",
+    "lion",
+    "adamw_groups",
+}
+# The clipping coefficient multiplies each gradient inside the kernel, once;
+# XLA recomputes the product in each moment's loop and fuses it there into a
+# multiply-add (one rounding less) where the C++ compiler cannot, since the
+# product has two readers. Agreement is then to float32 rounding.
+ROUNDED_DIFFERENTLY = {"chain"}
+
+_NATIVE_CALL = re.compile(r"@cadence_\w+\(")
+_ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
+
+
+def tree(dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    # Leaf sizes that exercise the kernels' vector loops and their remainders.
+    shapes = {"encoder": {"w": (33, 31), "b": (7,)}, "head": {"w": (4, 4), "b": ()}}
+    return {
+        k: {n: jnp.asarray(rng.standard_normal(s), dtype) for n, s in d.items()}
+        for k, d in shapes.items()
+    }
+
+
+def gradients(k, dtype=jnp.float32):
+    rng = np.random.default_rng(100 + k)
+    scale = 10.0 ** rng.uniform(-3, 1)
+    return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * scale, dtype), tree())
+
+
+def run(name, dtype, *, method, jit, steps=3):
+    opt = EVERYTHING[name]
+    extra = EXTRA.get(name, {})
+    params = tree(dtype)
+    state = opt.init(params)
+
+    def by_update(g, state, params):
+        updates, state = opt.update(g, state, params, **extra)
+        return optax.apply_updates(params, updates), state
+
+    def by_step(g, state, params):
+        return opt.step(g, state, params, **extra)
+
+    fn = by_step if method == "step" else by_update
+    fn = jax.jit(fn) if jit else fn
+    for k in range(steps):
+        params, state = fn(gradients(k, dtype), state, params)
+    return params, state
+
+
+def native_calls(opt, params, **extra):
+    text = jax.jit(lambda g, s, p: opt.step(g, s, p, **extra)).lower(
+        params, opt.init(params), params
+    )
+    return len(_NATIVE_CALL.findall(text.as_text()))
+
+
+def test_kernels_build_where_there_is_a_compiler():
+    cxx = (os.environ.get("CXX") or "c++").split()[0]
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx}); step uses XLA's loops")
+    assert _native.available()
+
+
+@pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
+@pytest.mark.parametrize("name", sorted(EVERYTHING))
+def test_step_equals_update_then_apply(name, jit):
+    # The native kernel rounds as XLA's compiled loops do, so eager `step`
+    # matches the jitted reference; XLA's own eager path rounds differently
+    # (no fused multiply-adds between separate operations).
+    native = name in NATIVE
+    ours = run(name, jnp.float32, method="step", jit=jit)
+    ref = run(name, jnp.float32, method="update", jit=jit or native)
+    if name in ROUNDED_DIFFERENTLY:
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        return
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_float64_step_equals_update_then_apply(name, x64):
+    ours = run(name, jnp.float64, method="step", jit=True)
+    ref = run(name, jnp.float64, method="update", jit=True)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_native_kernel_runs_exactly_where_expected(name):
+    if not _native.available():
+        pytest.skip("no native kernels here")
+    n = native_calls(OPTIMIZERS[name], tree())
+    assert n == (4 if name in NATIVE else 0)
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_donated_step_updates_in_place(name):
+    opt = OPTIMIZERS[name]
+    params = tree()
+    state = opt.init(params)
+
+    def train_step(params, state, grads):
+        # Donated buffers go to the outputs in order: params, then state.
+        return opt.step(grads, state, params)
+
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(params, state, params).compile()
+    entry = compiled.as_text()[compiled.as_text().find("\nENTRY") :]
+    assert _ARRAY_COPY.findall(entry) == []
+    # Nothing parameter-sized is allocated: the kernels write the donated arrays.
+    assert compiled.memory_analysis().temp_size_in_bytes < 33 * 31 * 4
+
+
+@pytest.mark.parametrize(
+    "opt, dtype",
+    [
+        (O.adamw(1e-2), jnp.bfloat16),  # the math is float32, the storage bfloat16
+        (O.adamw(1e-2, state_dtype=jnp.bfloat16), jnp.float32),
+        (O.adam(1e-2, amsgrad=True), jnp.float32),  # no native AMSGrad
+        (O.adagrad(1e-2), jnp.float32),
+    ],
+    ids=["bfloat16-params", "bfloat16-state", "amsgrad", "adagrad"],
+)
+def test_unsupported_configurations_use_xla(opt, dtype):
+    params = tree(dtype)
+    assert native_calls(opt, params) == 0
+    g = gradients(0, dtype)
+    ours = jax.jit(opt.step)(g, opt.init(params), params)
+    updates, state = jax.jit(opt.update)(g, opt.init(params), params)
+    ref = (optax.apply_updates(params, updates), state)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float32_params_with_float64_hyperparameters_use_xla(x64):
+    # Under x64 the hyperparameters are float64, and XLA computes float32
+    # parameters' updates in float64: the float32 kernel would round differently.
+    opt = O.adamw(1e-2)
+    assert native_calls(opt, tree(jnp.float32)) == 0
+    assert native_calls(opt, tree(jnp.float64)) == 4
+
+
+def test_vmap_over_independent_runs():
+    opt = O.adamw(1e-2)
+    params = jax.tree.map(lambda p: jnp.stack([p, 2 * p]), tree())
+    g = jax.tree.map(lambda p: jnp.stack([p, -p]), gradients(0))
+    state = jax.vmap(opt.init)(params)
+    new, _ = jax.vmap(opt.step)(g, state, params)
+    for i in range(2):
+        take = lambda t, i=i: jax.tree.map(lambda x: x[i], t)  # noqa: E731
+        one, _ = jax.jit(opt.step)(take(g), opt.init(take(params)), take(params))
+        for a, b in zip(jax.tree.leaves(take(new)), jax.tree.leaves(one), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_gradient_through_a_step():
+    # Differentiating through the update (meta-learning) follows XLA's formulation.
+    opt = O.sgd(0.1, momentum=0.9)
+    params = tree()
+    state = opt.init(params)
+    g = gradients(0)
+
+    def loss(method, g):
+        if method == "step":
+            new, _ = opt.step(g, state, params)
+        else:
+            updates, _ = opt.update(g, state, params)
+            new = optax.apply_updates(params, updates)
+        return sum(jnp.sum(x**2) for x in jax.tree.leaves(new))
+
+    ours = jax.jit(jax.grad(lambda g: loss("step", g)))(g)
+    ref = jax.jit(jax.grad(lambda g: loss("update", g)))(g)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_other_platforms_lower_xla_loops():
+    # Exported for a GPU, the step holds no CPU custom call.
+    opt = O.adamw(1e-2)
+    params = tree()
+    exported = jax.export.export(jax.jit(opt.step), platforms=["cuda"])(
+        params, opt.init(params), params
+    )
+    assert "cadence_" not in exported.mlir_module()
+    assert "stablehlo.sqrt" in exported.mlir_module()
+
+
+def test_step_needs_params():
+    opt = O.sgd(0.1)
+    with pytest.raises(TypeError, match="sgd.step: params are required"):
+        opt.step(tree(), opt.init(tree()), None)
+
+
+def test_chain_step_runs_the_last_optimizer_natively():
+    if not _native.available():
+        pytest.skip("no native kernels here")
+    opt = O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2))
+    assert native_calls(opt, tree()) == 4
+    with pytest.raises(ValueError, match="chain.step: expected a ChainState"):
+        opt.step(tree(), O.adamw(1e-2).init(tree()), tree())
