@@ -35,7 +35,20 @@ def _runners(
         return _jax.runner(name, library, step, tx.init, params_np, grads, dtype, donate)
 
     cadence = spec.cadence(None)
-    runners = [jax_row("cadence", "cadence", cadence), jax_row("optax", "optax", spec.optax())]
+    runners = [
+        _jax.runner(
+            "cadence.step",
+            "cadence",
+            _jax.make_native_step(cadence),
+            cadence.init,
+            params_np,
+            grads,
+            dtype,
+            True,
+        ),
+        jax_row("cadence", "cadence", cadence),
+        jax_row("optax", "optax", spec.optax()),
+    ]
     missing = []
     big = shape.n_leaves > BIG_TREE
 

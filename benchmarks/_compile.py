@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("adamw", "chain")
-LIBRARIES = ("cadence", "optax")
+# cadence.step: `step` (native loops on CPU); cadence: `update` + apply_updates.
+LIBRARIES = ("cadence.step", "cadence", "optax")
 LEAF_SIZE = 1000
 # Importing jax, optax and cadence in the child; not part of any budget.
 STARTUP_S = 120.0
@@ -138,17 +139,18 @@ def _child(argv: list[str]) -> None:
     import jax
     import jax.numpy as jnp
 
-    from ._jax import make_step
+    from ._jax import make_native_step, make_step
     from ._optimizers import SPECS
 
     jax.config.update("jax_enable_compilation_cache", False)
     spec = SPECS[args.kind]
-    tx = spec.cadence(None) if args.library == "cadence" else spec.optax()
+    tx = spec.optax() if args.library == "optax" else spec.cadence(None)
+    make = make_native_step if args.library == "cadence.step" else make_step
 
     def lower_compile(n: int, size: int) -> tuple[float, float]:
         params = {f"leaf{i:05d}": jax.ShapeDtypeStruct((size,), jnp.float32) for i in range(n)}
         state = jax.eval_shape(tx.init, params)
-        jitted = jax.jit(make_step(tx), donate_argnums=(0, 1))
+        jitted = jax.jit(make(tx), donate_argnums=(0, 1))
         t0 = time.perf_counter()
         lowered = jitted.lower(params, state, params)
         t1 = time.perf_counter()

@@ -104,7 +104,10 @@ def machine(settings: dict[str, Any]) -> dict[str, Any]:
     """Everything the header prints, as a JSON-ready dict."""
     device = jax.devices()[0]
     import cadence
+    from cadence.optimizers import _native
 
+    # Built (or loaded from the cache) here, so no case's compile time pays for it.
+    native = _native.available()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks", *sys.argv[1:]]),
@@ -123,6 +126,7 @@ def machine(settings: dict[str, Any]) -> dict[str, Any]:
         },
         "backend": jax.default_backend(),
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
+        "native_kernels": native,
         "settings": settings,
         "load_average": load_average(),
     }
@@ -143,7 +147,8 @@ def header(info: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v[k]}" for k in ("jax", "jaxlib", "optax", "torch", "numpy"))
             + f", cadence {v['cadence']}, python {info['python']}",
             f"XLA backend: {info['backend']} ({info['device']});"
-            f" XLA_FLAGS={s['XLA_FLAGS'] or '(unset)'}",
+            f" XLA_FLAGS={s['XLA_FLAGS'] or '(unset)'};"
+            f" cadence native kernels {'on' if info.get('native_kernels') else 'off'}",
             f"threads: process on CPUs {s['cpus']}; XLA pool {s['xla_threads']},"
             f" torch {torch_threads}; JAX compilation cache off",
             f"load average at start: {info['load_average']}",

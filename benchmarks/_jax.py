@@ -30,6 +30,15 @@ def make_step(tx: Any) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
     return step
 
 
+def make_native_step(tx: Any) -> Callable[[Any, Any, Any], tuple[Any, Any]]:
+    """``step(params, state, grads) -> (params, state)`` through ``tx.step`` (cadence only)."""
+
+    def step(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        return tx.step(grads, state, params)
+
+    return step
+
+
 def identity(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
     """The same signature doing nothing: what crossing the jit boundary costs alone."""
     del grads
@@ -58,11 +67,15 @@ def analyse(compiled: Any, n_params: int) -> dict[str, Any]:
     text = compiled.as_text()
     entry = text[text.find("\nENTRY") :]
     ops = [(t, op) for t, op in _INSTR.findall(entry)]
+    # XLA's cost model does not see inside a custom call: no byte count then.
+    native = any(op == "custom-call" for _, op in ops)
     return {
-        "xla_bytes_per_param": accessed / n_params if accessed is not None else None,
+        "xla_bytes_per_param": accessed / n_params if accessed is not None and not native else None,
         "temp_bytes_per_param": mem.temp_size_in_bytes / n_params if mem is not None else None,
-        # Array-sized kernels the step launches (scalar bookkeeping excluded).
+        # Array-sized kernels the step launches (scalar bookkeeping excluded):
+        # XLA's loops and custom calls (cadence's native kernels).
         "fusions": sum(op == "fusion" and _nonscalar(t) for t, op in ops),
+        "custom_calls": sum(op == "custom-call" for t, op in ops),
         "copies": sum(op == "copy" and _nonscalar(t) for t, op in ops),
     }
 
