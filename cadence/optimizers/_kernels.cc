@@ -16,6 +16,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -31,199 +33,297 @@ constexpr int64_t kCentered = 8;    // RMSprop: centered
 constexpr int64_t kDecoupled = 16;  // Adam: decoupled decay (AdamW)
 constexpr int64_t kScaled = 32;     // the gradient is multiplied by the last scalar first
 
-template <typename T>
-struct Leaf {
-  const T* s;  // the scalars
-  const T* __restrict__ g;  // the gradient
-  T* p;        // the parameter, updated in place
-  T* b[3];  // the buffers, updated in place
-  size_t n;
-  T scale;  // clip_by_global_norm's coefficient (kScaled)
+// bfloat16 storage; the math runs in float32, as in XLA.
+struct BF16 {
+  uint16_t bits;
+};
 
+// Forced inline: a call in a loop stops GCC from vectorizing it.
+#define CADENCE_INLINE inline __attribute__((always_inline))
+
+CADENCE_INLINE float Load(float x) { return x; }
+CADENCE_INLINE double Load(double x) { return x; }
+CADENCE_INLINE float Load(BF16 x) {
+  const uint32_t bits = uint32_t{x.bits} << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// A value in storage type S; for bfloat16, rounded to nearest even as XLA
+// converts (NaN stays a quiet NaN).
+template <typename S, typename C>
+CADENCE_INLINE S Store(C x) {
+  if constexpr (std::is_same_v<S, BF16>) {
+    uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+    return BF16{uint16_t((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
+  } else {
+    return x;
+  }
+}
+
+// A new buffer as it will be stored (`keep` in _optimizer.py): identity
+// unless the buffer is narrower than the math.
+template <typename S, typename C>
+CADENCE_INLINE C Keep(C x) {
+  return Load(Store<S>(x));
+}
+
+// optax.apply_updates: the update rounded to the parameter's dtype, then the
+// sum rounded again (for float32 and float64, just the sum).
+template <typename P, typename C>
+CADENCE_INLINE P Apply(C p, C u) {
+  return Store<P>(p + Load(Store<P>(u)));
+}
+
+// p + a * b as XLA's CPU backend computes it: one fused multiply-add where
+// the CPU has them (GCC does not always contract this one by itself), and for
+// a narrower parameter the product rounded to it first, as `apply` does.
+template <typename P, typename C>
+CADENCE_INLINE P ApplyProduct(C p, C a, C b) {
+  if constexpr (std::is_same_v<P, C>) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    return std::fma(a, b, p);
+#else
+    return p + a * b;
+#endif
+  } else {
+    return Apply<P>(p, a * b);
+  }
+}
+
+// C: the math's dtype; P: the parameter's and gradient's; S: the buffers'.
+template <typename C, typename P, typename S>
+struct Leaf {
+  const C* s;               // the scalars
+  const P* __restrict__ g;  // the gradient
+  P* p;                     // the parameter, updated in place
+  S* b[3];                  // the buffers, updated in place
+  size_t n;
+  C scale;  // clip_by_global_norm's coefficient (kScaled)
+
+  // The gradient as the optimizer's XLA kernel reads it: clip_by_global_norm
+  // rounds its product back to the gradient's dtype.
   template <bool Scaled>
-  T grad(size_t i) const {
+  CADENCE_INLINE C grad(size_t i) const {
     if constexpr (Scaled) {
-      return g[i] * scale;
+      return Keep<P>(Load(g[i]) * scale);
     } else {
-      return g[i];
+      return Load(g[i]);
     }
   }
 };
 
-template <typename T, bool Scaled>
-void Sgd(const Leaf<T>& x, int64_t flags) {
+// Each kernel is compiled on its own (noinline): inlined into Run, the loops
+// were left unvectorized by GCC.
+template <typename C, typename P, typename S, bool Scaled>
+__attribute__((noinline)) void Sgd(const Leaf<C, P, S>& x, int64_t flags) {
   // s: weight_decay, keep, take, momentum, -lr
-  const T wd = x.s[0], keep = x.s[1], take = x.s[2], momentum = x.s[3], nlr = x.s[4];
+  const C wd = x.s[0], keep = x.s[1], take = x.s[2], momentum = x.s[3], nlr = x.s[4];
   const bool decay = flags & kDecay, buffer = flags & kBuffer, nesterov = flags & kNesterov;
-  T* __restrict__ p = x.p;
-  T* __restrict__ buf = x.b[0];
+  P* __restrict__ p = x.p;
+  S* __restrict__ buf = x.b[0];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    T d = x.template grad<Scaled>(i);
-    if (decay) d = d + wd * p[i];
+    const C pi = Load(p[i]);
+    C d = x.template grad<Scaled>(i);
+    if (decay) d = d + wd * pi;
     if (buffer) {
-      const T b = keep * buf[i] + take * d;
-      buf[i] = b;
+      const C b = Keep<S>(keep * Load(buf[i]) + take * d);
+      buf[i] = Store<S>(b);
       d = nesterov ? d + momentum * b : b;
     }
-    p[i] = p[i] + nlr * d;
+    p[i] = ApplyProduct<P>(pi, nlr, d);
   }
 }
 
-template <typename T, bool Scaled>
-void Adam(const Leaf<T>& x, int64_t flags) {
+template <typename C, typename P, typename S, bool Scaled>
+__attribute__((noinline)) void Adam(const Leaf<C, P, S>& x, int64_t flags) {
   // s: weight_decay, 1-b1, b2, 1-b2, -step_size, 1/sqrt(1-b2^t), eps, 1-lr*wd
-  const T wd = x.s[0], omb1 = x.s[1], b2 = x.s[2], omb2 = x.s[3], nstep = x.s[4],
+  const C wd = x.s[0], omb1 = x.s[1], b2 = x.s[2], omb2 = x.s[3], nstep = x.s[4],
           rbc2 = x.s[5], eps = x.s[6], factor = x.s[7];
   const bool decay = flags & kDecay, decoupled = flags & kDecoupled;
-  T* __restrict__ p = x.p;
-  T* __restrict__ mu = x.b[0];
-  T* __restrict__ nu = x.b[1];
+  P* __restrict__ p = x.p;
+  S* __restrict__ mu = x.b[0];
+  S* __restrict__ nu = x.b[1];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    const T pi = p[i];
-    T gi = x.template grad<Scaled>(i);
+    const C pi = Load(p[i]);
+    C gi = x.template grad<Scaled>(i);
     if (decay && !decoupled) gi = gi + wd * pi;
-    const T m = mu[i] + omb1 * (gi - mu[i]);
-    const T v = b2 * nu[i] + omb2 * (gi * gi);
-    mu[i] = m;
-    nu[i] = v;
-    T u = (nstep * m) / (std::sqrt(v) * rbc2 + eps);
+    const C mo = Load(mu[i]);
+    const C m = Keep<S>(mo + omb1 * (gi - mo));
+    const C v = Keep<S>(b2 * Load(nu[i]) + omb2 * (gi * gi));
+    mu[i] = Store<S>(m);
+    nu[i] = Store<S>(v);
+    C u = (nstep * m) / (std::sqrt(v) * rbc2 + eps);
     if (decay && decoupled) u = u + (pi * factor - pi);
-    p[i] = pi + u;
+    p[i] = Apply<P>(pi, u);
   }
 }
 
-template <typename T, bool Scaled>
-void Rmsprop(const Leaf<T>& x, int64_t flags) {
+template <typename C, typename P, typename S, bool Scaled>
+__attribute__((noinline)) void Rmsprop(const Leaf<C, P, S>& x, int64_t flags) {
   // s: weight_decay, alpha, 1-alpha, eps, momentum, -lr
-  const T wd = x.s[0], alpha = x.s[1], oma = x.s[2], eps = x.s[3], momentum = x.s[4],
+  const C wd = x.s[0], alpha = x.s[1], oma = x.s[2], eps = x.s[3], momentum = x.s[4],
           nlr = x.s[5];
   const bool decay = flags & kDecay, centered = flags & kCentered, buffer = flags & kBuffer;
-  T* __restrict__ p = x.p;
-  T* __restrict__ sq = x.b[0];
+  P* __restrict__ p = x.p;
+  S* __restrict__ sq = x.b[0];
   // Buffers in the state's field order: square_avg, grad_avg, momentum_buffer.
-  T* __restrict__ ga = centered ? x.b[1] : nullptr;
-  T* __restrict__ buf = buffer ? x.b[centered ? 2 : 1] : nullptr;
+  S* __restrict__ ga = centered ? x.b[1] : nullptr;
+  S* __restrict__ buf = buffer ? x.b[centered ? 2 : 1] : nullptr;
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    T gi = x.template grad<Scaled>(i);
-    if (decay) gi = gi + wd * p[i];
-    const T s2 = alpha * sq[i] + oma * (gi * gi);
-    sq[i] = s2;
-    T avg;
+    const C pi = Load(p[i]);
+    C gi = x.template grad<Scaled>(i);
+    if (decay) gi = gi + wd * pi;
+    const C s2 = Keep<S>(alpha * Load(sq[i]) + oma * (gi * gi));
+    sq[i] = Store<S>(s2);
+    C avg;
     if (centered) {
-      const T a = ga[i] + oma * (gi - ga[i]);
-      ga[i] = a;
+      const C go = Load(ga[i]);
+      const C a = Keep<S>(go + oma * (gi - go));
+      ga[i] = Store<S>(a);
       avg = std::sqrt(s2 - a * a);
     } else {
       avg = std::sqrt(s2);
     }
     avg = avg + eps;
-    T u;
     if (buffer) {
-      const T b = momentum * buf[i] + gi / avg;
-      buf[i] = b;
-      u = nlr * b;
+      const C b = Keep<S>(momentum * Load(buf[i]) + gi / avg);
+      buf[i] = Store<S>(b);
+      p[i] = ApplyProduct<P>(pi, nlr, b);
     } else {
-      u = (nlr * gi) / avg;
+      p[i] = Apply<P>(pi, (nlr * gi) / avg);
     }
-    p[i] = p[i] + u;
   }
 }
 
-template <typename T>
-inline T Sign(T v) {
+template <typename C>
+CADENCE_INLINE C Sign(C v) {
   // XLA's sign: +-1 where v is nonzero, else v itself (+-0, NaN).
-  return (v < T(0) || v > T(0)) ? std::copysign(T(1), v) : v;
+  return (v < C(0) || v > C(0)) ? std::copysign(C(1), v) : v;
 }
 
-template <typename T, bool Scaled>
-void Lion(const Leaf<T>& x, int64_t flags) {
+template <typename C, typename P, typename S, bool Scaled>
+__attribute__((noinline)) void Lion(const Leaf<C, P, S>& x, int64_t flags) {
   // s: -lr, b1, 1-b1, b2, 1-b2, 1-lr*wd
-  const T nlr = x.s[0], b1 = x.s[1], omb1 = x.s[2], b2 = x.s[3], omb2 = x.s[4],
+  const C nlr = x.s[0], b1 = x.s[1], omb1 = x.s[2], b2 = x.s[3], omb2 = x.s[4],
           factor = x.s[5];
   const bool decay = flags & kDecay;
-  T* __restrict__ p = x.p;
-  T* __restrict__ mu = x.b[0];
+  P* __restrict__ p = x.p;
+  S* __restrict__ mu = x.b[0];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    const T pi = p[i], gi = x.template grad<Scaled>(i), mi = mu[i];
-    T u = nlr * Sign(b1 * mi + omb1 * gi);
+    const C pi = Load(p[i]), gi = x.template grad<Scaled>(i), mi = Load(mu[i]);
+    C u = nlr * Sign(b1 * mi + omb1 * gi);
     if (decay) u = u + (pi * factor - pi);
-    mu[i] = b2 * mi + omb2 * gi;
-    p[i] = pi + u;
+    mu[i] = Store<S>(b2 * mi + omb2 * gi);
+    p[i] = Apply<P>(pi, u);
   }
+}
+
+template <typename C, typename P, typename S>
+using Kernel = void (*)(const Leaf<C, P, S>&, int64_t);
+
+template <typename T>
+void CopyIn(const ffi::AnyBuffer& from, T* to, size_t n) {
+  // With the outputs aliased to the inputs these are the same memory; XLA
+  // gives an input that it cannot donate a copy first.
+  if (from.untyped_data() != to) std::memcpy(to, from.untyped_data(), n * sizeof(T));
 }
 
 // args: scalars, param, grad, buffers...; rets: param, buffers... (aliased to
 // their inputs, so the kernel reads and writes the result buffers).
-template <typename T, void (*K)(const Leaf<T>&, int64_t), void (*KScaled)(const Leaf<T>&, int64_t)>
+template <typename C, typename P, typename S, template <typename, typename, typename, bool> class K>
 ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) {
   const size_t n_bufs = rets.size() - 1;
-  if (n_bufs > 3 || args.size() != rets.size() + 2) {
-    return ffi::Error::InvalidArgument("cadence: unexpected operand count");
-  }
   auto s = args.get<ffi::AnyBuffer>(0);
+  auto p_in = args.get<ffi::AnyBuffer>(1);
   auto g = args.get<ffi::AnyBuffer>(2);
   auto p = rets.get<ffi::AnyBuffer>(0);
-  if (!s.has_value() || !g.has_value() || !p.has_value()) {
+  if (!s.has_value() || !p_in.has_value() || !g.has_value() || !p.has_value()) {
     return ffi::Error::InvalidArgument("cadence: bad operands");
   }
-  Leaf<T> leaf{};
-  leaf.s = static_cast<const T*>(s->untyped_data());
-  leaf.g = static_cast<const T*>(g->untyped_data());
-  leaf.p = static_cast<T*>((*p)->untyped_data());
+  Leaf<C, P, S> leaf{};
+  leaf.s = static_cast<const C*>(s->untyped_data());
+  leaf.g = static_cast<const P*>(g->untyped_data());
+  leaf.p = static_cast<P*>((*p)->untyped_data());
   leaf.n = g->element_count();
   const bool scaled = flags & kScaled;
-  leaf.scale = scaled ? leaf.s[s->element_count() - 1] : T(1);
-  // With the outputs aliased to the inputs the buffers are the same memory;
-  // XLA copies an input first when it cannot donate it.
+  leaf.scale = scaled ? leaf.s[s->element_count() - 1] : C(1);
+  CopyIn(*p_in, leaf.p, leaf.n);
   for (size_t k = 0; k < n_bufs; ++k) {
     auto b = rets.get<ffi::AnyBuffer>(1 + k);
-    if (!b.has_value()) return ffi::Error::InvalidArgument("cadence: bad buffer");
-    leaf.b[k] = static_cast<T*>((*b)->untyped_data());
-  }
-  auto src = args.get<ffi::AnyBuffer>(1);
-  if (src.has_value() && src->untyped_data() != leaf.p) {
-    const T* from = static_cast<const T*>(src->untyped_data());
-    for (size_t i = 0; i < leaf.n; ++i) leaf.p[i] = from[i];
-  }
-  for (size_t k = 0; k < n_bufs; ++k) {
     auto in = args.get<ffi::AnyBuffer>(3 + k);
-    if (in.has_value() && in->untyped_data() != leaf.b[k]) {
-      const T* from = static_cast<const T*>(in->untyped_data());
-      for (size_t i = 0; i < leaf.n; ++i) leaf.b[k][i] = from[i];
+    if (!b.has_value() || !in.has_value()) {
+      return ffi::Error::InvalidArgument("cadence: bad buffer");
     }
+    leaf.b[k] = static_cast<S*>((*b)->untyped_data());
+    CopyIn(*in, leaf.b[k], leaf.n);
   }
   // Separate instantiations keep the unscaled loop free of the multiply.
-  (scaled ? KScaled : K)(leaf, flags);
+  if (scaled) {
+    K<C, P, S, true>(leaf, flags);
+  } else {
+    K<C, P, S, false>(leaf, flags);
+  }
   return ffi::Error::Success();
 }
 
-template <void (*K32)(const Leaf<float>&, int64_t), void (*K32s)(const Leaf<float>&, int64_t),
-          void (*K64)(const Leaf<double>&, int64_t), void (*K64s)(const Leaf<double>&, int64_t)>
+template <template <typename, typename, typename, bool> class K>
 ffi::Error Dispatch(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) {
-  auto g = args.get<ffi::AnyBuffer>(2);
-  if (!g.has_value()) return ffi::Error::InvalidArgument("cadence: missing gradient");
-  switch (g->element_type()) {
-    case ffi::DataType::F32:
-      return Run<float, K32, K32s>(args, rets, flags);
-    case ffi::DataType::F64:
-      return Run<double, K64, K64s>(args, rets, flags);
-    default:
-      return ffi::Error::InvalidArgument("cadence: native kernels take float32 or float64");
+  const size_t n_bufs = rets.size() - 1;
+  if (rets.size() < 1 || n_bufs > 3 || args.size() != rets.size() + 2) {
+    return ffi::Error::InvalidArgument("cadence: unexpected operand count");
   }
+  auto g = args.get<ffi::AnyBuffer>(2);
+  auto b = n_bufs ? rets.get<ffi::AnyBuffer>(1) : rets.get<ffi::AnyBuffer>(0);
+  if (!g.has_value() || !b.has_value()) {
+    return ffi::Error::InvalidArgument("cadence: bad operands");
+  }
+  using ffi::DataType;
+  const DataType param = g->element_type(), state = (*b)->element_type();
+  if (param == DataType::F64 && state == DataType::F64) {
+    return Run<double, double, double, K>(args, rets, flags);
+  }
+  if (param == DataType::F32 && state == DataType::F32) {
+    return Run<float, float, float, K>(args, rets, flags);
+  }
+  if (param == DataType::F32 && state == DataType::BF16) {
+    return Run<float, float, BF16, K>(args, rets, flags);
+  }
+  if (param == DataType::BF16 && state == DataType::BF16) {
+    return Run<float, BF16, BF16, K>(args, rets, flags);
+  }
+  if (param == DataType::BF16 && state == DataType::F32) {
+    return Run<float, BF16, float, K>(args, rets, flags);
+  }
+  return ffi::Error::InvalidArgument("cadence: unsupported parameter and state dtypes");
 }
 
-#define CADENCE_HANDLER(symbol, kernel)                                                  \
-  XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol,                                                  \
-                                (Dispatch<kernel<float, false>, kernel<float, true>,     \
-                                          kernel<double, false>, kernel<double, true>>), \
-                                ffi::Ffi::Bind().RemainingArgs().RemainingRets().Attr<int64_t>( \
-                                    "flags"))
+// Function templates cannot be template template arguments: wrap each kernel.
+#define CADENCE_KERNEL(name)                                         \
+  template <typename C, typename P, typename S, bool Scaled>         \
+  struct name##K {                                                   \
+    name##K(const Leaf<C, P, S>& x, int64_t f) { name<C, P, S, Scaled>(x, f); } \
+  };
+
+CADENCE_KERNEL(Sgd)
+CADENCE_KERNEL(Adam)
+CADENCE_KERNEL(Rmsprop)
+CADENCE_KERNEL(Lion)
 
 }  // namespace
+
+#define CADENCE_HANDLER(symbol, name)                                         \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(                                              \
+      symbol, Dispatch<name##K>,                                              \
+      ffi::Ffi::Bind().RemainingArgs().RemainingRets().Attr<int64_t>("flags"))
 
 CADENCE_HANDLER(CadenceSgd, Sgd);
 CADENCE_HANDLER(CadenceAdam, Adam);

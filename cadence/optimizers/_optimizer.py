@@ -11,6 +11,11 @@ it back costs XLA one distinct kernel to compile per leaf (34-40 ms each on one
 CPU, where identical per-leaf kernels compile once), and concatenating
 sharded leaves would gather them. Under a trace the per-leaf work is one
 nested `jit`, so leaves of one shape and dtype share a single trace.
+
+`step` (update and apply in one call) replaces those loops on CPU by one
+native loop per leaf, which reads and writes every array once, in place
+(`_native`, `_kernels.cc`): XLA's CPU backend writes each output of a leaf in
+a loop of its own.
 """
 
 from __future__ import annotations
@@ -127,20 +132,25 @@ def _leaf_step(
 def _native_fits(
     p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any], names: Sequence[str]
 ) -> bool:
-    """Whether the native kernel computes exactly what XLA would for this leaf.
+    """Whether the native kernel can take this leaf.
 
-    It works in one dtype (float32 or float64) for the parameter, gradient,
-    buffers and scalars alike; mixed dtypes (bfloat16 parameters, narrower
-    state, float64 hyperparameters over float32 parameters) go through XLA.
+    The kernels compute in float64 for float64 parameters and state, and in
+    float32 for float32 or bfloat16 parameters with float32 or bfloat16
+    state, as `_leaf_update` does; the scalars must have that dtype (under
+    x64, float64 hyperparameters make XLA compute float32 leaves in float64).
     With several devices XLA's partitioner would gather a custom call's
-    sharded operands, so those processes use XLA too.
+    sharded operands, so those processes use XLA.
     """
-    dtype = p.dtype
-    if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or p.shape != g.shape:
+    compute = compute_dtype(p.dtype)
+    wide = compute == jnp.float64
+    storage = {jnp.dtype(t) for t in ((jnp.float64,) if wide else (jnp.float32, jnp.bfloat16))}
+    if p.dtype not in storage or g.dtype != p.dtype or g.shape != p.shape:
         return False
-    if any(b.dtype != dtype or b.shape != p.shape for b in bufs.values()):
+    if len({b.dtype for b in bufs.values()}) > 1:
         return False
-    if any(jnp.shape(s[n]) != () or jnp.result_type(s[n]) != dtype for n in names):
+    if any(b.dtype not in storage or b.shape != p.shape for b in bufs.values()):
+        return False
+    if any(jnp.shape(s[n]) != () or jnp.result_type(s[n]) != compute for n in names):
         return False
     return jax.device_count() == 1 and _native.available()
 

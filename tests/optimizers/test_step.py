@@ -143,33 +143,66 @@ def test_donated_step_updates_in_place(name):
     assert compiled.memory_analysis().temp_size_in_bytes < 33 * 31 * 4
 
 
-@pytest.mark.parametrize(
-    "opt, dtype",
-    [
-        (O.adamw(1e-2), jnp.bfloat16),  # the math is float32, the storage bfloat16
-        (O.adamw(1e-2, state_dtype=jnp.bfloat16), jnp.float32),
-        (O.adam(1e-2, amsgrad=True), jnp.float32),  # no native AMSGrad
-        (O.adagrad(1e-2), jnp.float32),
-    ],
-    ids=["bfloat16-params", "bfloat16-state", "amsgrad", "adagrad"],
-)
-def test_unsupported_configurations_use_xla(opt, dtype):
+# bfloat16 storage: the math in float32, buffers rounded as stored (`keep`),
+# the update rounded to the parameter's dtype before it is added.
+BF16_CASES = {
+    "sgd-bf16": (O.sgd(0.1, momentum=0.9, weight_decay=0.01, nesterov=True), jnp.bfloat16),
+    "adamw-bf16": (O.adamw(1e-2), jnp.bfloat16),
+    "adam-bf16": (O.adam(1e-2, weight_decay=0.01), jnp.bfloat16),
+    "rmsprop-bf16": (O.rmsprop(1e-2, momentum=0.9, centered=True), jnp.bfloat16),
+    "lion-bf16": (O.lion(1e-3, weight_decay=0.1), jnp.bfloat16),
+    "adamw-bf16-state": (O.adamw(1e-2, state_dtype=jnp.bfloat16), jnp.float32),
+    "rmsprop-bf16-state": (
+        O.rmsprop(1e-2, momentum=0.9, weight_decay=0.01, state_dtype=jnp.bfloat16),
+        jnp.float32,
+    ),
+    "adamw-f32-state": (O.adamw(1e-2, state_dtype=jnp.float32), jnp.bfloat16),
+}
+
+
+def same_as_update(opt, dtype, steps=3):
     params = tree(dtype)
-    assert native_calls(opt, params) == 0
-    g = gradients(0, dtype)
-    ours = jax.jit(opt.step)(g, opt.init(params), params)
-    updates, state = jax.jit(opt.update)(g, opt.init(params), params)
-    ref = (optax.apply_updates(params, updates), state)
+    ours = ref = (params, opt.init(params))
+
+    def by_update(g, state, params):
+        updates, state = opt.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for k in range(steps):
+        g = gradients(k, dtype)
+        ours = jax.jit(opt.step)(g, ours[1], ours[0])
+        ref = jax.jit(by_update)(g, ref[1], ref[0])
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
 
 
-def test_float32_params_with_float64_hyperparameters_use_xla(x64):
+@pytest.mark.parametrize("case", sorted(BF16_CASES))
+def test_bfloat16_storage_runs_natively_and_equals_update(case):
+    opt, dtype = BF16_CASES[case]
+    if _native.available():
+        assert native_calls(opt, tree(dtype)) == 4
+    same_as_update(opt, dtype)
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [O.adam(1e-2, amsgrad=True), O.adagrad(1e-2)],  # no native AMSGrad, Adagrad
+    ids=["amsgrad", "adagrad"],
+)
+def test_unsupported_configurations_use_xla(opt):
+    assert native_calls(opt, tree()) == 0
+    same_as_update(opt, jnp.float32, steps=1)
+
+
+def test_mixed_widths_under_x64_use_xla(x64):
     # Under x64 the hyperparameters are float64, and XLA computes float32
     # parameters' updates in float64: the float32 kernel would round differently.
     opt = O.adamw(1e-2)
     assert native_calls(opt, tree(jnp.float32)) == 0
     assert native_calls(opt, tree(jnp.float64)) == 4
+    # float64 math with bfloat16 buffers: no kernel either.
+    assert native_calls(O.adamw(1e-2, state_dtype=jnp.bfloat16), tree(jnp.float64)) == 0
 
 
 def test_vmap_over_independent_runs():

@@ -87,6 +87,16 @@ def test_step_keeps_the_layout_and_matches_one_device(spmd, name):
     assert spmd[name]["max_diff"] < 1e-6
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizer_step_on_a_mesh_is_xla_and_gathers_nothing(spmd, name):
+    r = spmd[name]
+    # No native kernel with several devices (XLA would gather its operands):
+    # the same program and collectives as update + apply.
+    assert r["step_native_calls"] == 0
+    assert r["step_collectives"] == r["collectives"]
+    assert r["step_vs_update"] == 0.0
+
+
 @pytest.mark.parametrize("p", ["1.0", "2.0", "3.0", "inf"])
 def test_global_norm_costs_one_all_reduce(spmd, p):
     r = spmd["norms"][p]
