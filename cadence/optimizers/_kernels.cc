@@ -33,7 +33,9 @@ constexpr int64_t kCentered = 8;    // RMSprop: centered
 constexpr int64_t kDecoupled = 16;  // Adam: decoupled decay (AdamW)
 constexpr int64_t kScaled = 32;     // the gradient is multiplied by the last scalar first
 
-// bfloat16 storage; the math runs in float32, as in XLA.
+// bfloat16 state (`state_dtype=jnp.bfloat16`); the math runs in float32, as
+// in XLA. (bfloat16 parameters stay with XLA, whose loops convert with this
+// CPU's bf16 instructions and were faster than these kernels.)
 struct BF16 {
   uint16_t bits;
 };
@@ -72,63 +74,49 @@ CADENCE_INLINE C Keep(C x) {
   return Load(Store<S>(x));
 }
 
-// optax.apply_updates: the update rounded to the parameter's dtype, then the
-// sum rounded again (for float32 and float64, just the sum).
-template <typename P, typename C>
-CADENCE_INLINE P Apply(C p, C u) {
-  return Store<P>(p + Load(Store<P>(u)));
-}
-
-// p + a * b as XLA's CPU backend computes it: one fused multiply-add where
-// the CPU has them (GCC does not always contract this one by itself), and for
-// a narrower parameter the product rounded to it first, as `apply` does.
-template <typename P, typename C>
-CADENCE_INLINE P ApplyProduct(C p, C a, C b) {
-  if constexpr (std::is_same_v<P, C>) {
+// p + a * b as XLA's CPU backend computes it: one fused multiply-add where the
+// CPU has them (GCC does not always contract this one by itself).
+template <typename C>
+CADENCE_INLINE C MulAdd(C a, C b, C p) {
 #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
-    return std::fma(a, b, p);
+  return std::fma(a, b, p);
 #else
-    return p + a * b;
+  return p + a * b;
 #endif
-  } else {
-    return Apply<P>(p, a * b);
-  }
 }
 
-// C: the math's dtype; P: the parameter's and gradient's; S: the buffers'.
-template <typename C, typename P, typename S>
+// C: the parameter's, gradient's and math's dtype; S: the buffers'.
+template <typename C, typename S>
 struct Leaf {
   const C* s;               // the scalars
-  const P* __restrict__ g;  // the gradient
-  P* p;                     // the parameter, updated in place
+  const C* __restrict__ g;  // the gradient
+  C* p;                     // the parameter, updated in place
   S* b[3];                  // the buffers, updated in place
   size_t n;
   C scale;  // clip_by_global_norm's coefficient (kScaled)
 
-  // The gradient as the optimizer's XLA kernel reads it: clip_by_global_norm
-  // rounds its product back to the gradient's dtype.
   template <bool Scaled>
   CADENCE_INLINE C grad(size_t i) const {
     if constexpr (Scaled) {
-      return Keep<P>(Load(g[i]) * scale);
+      return g[i] * scale;
     } else {
-      return Load(g[i]);
+      return g[i];
     }
   }
 };
 
 // Each kernel is compiled on its own (noinline): inlined into Run, the loops
 // were left unvectorized by GCC.
-template <typename C, typename P, typename S, bool Scaled>
-__attribute__((noinline)) void Sgd(const Leaf<C, P, S>& x, int64_t flags) {
+template <typename C, typename S, bool Scaled>
+__attribute__((noinline)) void Sgd(const Leaf<C, S>& x, int64_t flags) {
   // s: weight_decay, keep, take, momentum, -lr
   const C wd = x.s[0], keep = x.s[1], take = x.s[2], momentum = x.s[3], nlr = x.s[4];
   const bool decay = flags & kDecay, buffer = flags & kBuffer, nesterov = flags & kNesterov;
-  P* __restrict__ p = x.p;
+  C* __restrict__ p = x.p;
   S* __restrict__ buf = x.b[0];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    const C pi = Load(p[i]);
+    const C pi = p[i];
     C d = x.template grad<Scaled>(i);
     if (decay) d = d + wd * pi;
     if (buffer) {
@@ -136,22 +124,22 @@ __attribute__((noinline)) void Sgd(const Leaf<C, P, S>& x, int64_t flags) {
       buf[i] = Store<S>(b);
       d = nesterov ? d + momentum * b : b;
     }
-    p[i] = ApplyProduct<P>(pi, nlr, d);
+    p[i] = MulAdd(nlr, d, pi);
   }
 }
 
-template <typename C, typename P, typename S, bool Scaled>
-__attribute__((noinline)) void Adam(const Leaf<C, P, S>& x, int64_t flags) {
+template <typename C, typename S, bool Scaled>
+__attribute__((noinline)) void Adam(const Leaf<C, S>& x, int64_t flags) {
   // s: weight_decay, 1-b1, b2, 1-b2, -step_size, 1/sqrt(1-b2^t), eps, 1-lr*wd
   const C wd = x.s[0], omb1 = x.s[1], b2 = x.s[2], omb2 = x.s[3], nstep = x.s[4],
           rbc2 = x.s[5], eps = x.s[6], factor = x.s[7];
   const bool decay = flags & kDecay, decoupled = flags & kDecoupled;
-  P* __restrict__ p = x.p;
+  C* __restrict__ p = x.p;
   S* __restrict__ mu = x.b[0];
   S* __restrict__ nu = x.b[1];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    const C pi = Load(p[i]);
+    const C pi = p[i];
     C gi = x.template grad<Scaled>(i);
     if (decay && !decoupled) gi = gi + wd * pi;
     const C mo = Load(mu[i]);
@@ -161,30 +149,31 @@ __attribute__((noinline)) void Adam(const Leaf<C, P, S>& x, int64_t flags) {
     nu[i] = Store<S>(v);
     C u = (nstep * m) / (std::sqrt(v) * rbc2 + eps);
     if (decay && decoupled) u = u + (pi * factor - pi);
-    p[i] = Apply<P>(pi, u);
+    p[i] = pi + u;
   }
 }
 
-template <typename C, typename P, typename S, bool Scaled>
-__attribute__((noinline)) void Rmsprop(const Leaf<C, P, S>& x, int64_t flags) {
+// One loop per (centered, momentum) pair: with both tested inside the loop,
+// GCC left some combinations unvectorized.
+template <bool Centered, bool Buffer, typename C, typename S, bool Scaled>
+__attribute__((noinline)) void RmspropLoop(const Leaf<C, S>& x, bool decay) {
   // s: weight_decay, alpha, 1-alpha, eps, momentum, -lr
   const C wd = x.s[0], alpha = x.s[1], oma = x.s[2], eps = x.s[3], momentum = x.s[4],
           nlr = x.s[5];
-  const bool decay = flags & kDecay, centered = flags & kCentered, buffer = flags & kBuffer;
-  P* __restrict__ p = x.p;
-  S* __restrict__ sq = x.b[0];
+  C* __restrict__ p = x.p;
   // Buffers in the state's field order: square_avg, grad_avg, momentum_buffer.
-  S* __restrict__ ga = centered ? x.b[1] : nullptr;
-  S* __restrict__ buf = buffer ? x.b[centered ? 2 : 1] : nullptr;
+  S* __restrict__ sq = x.b[0];
+  S* __restrict__ ga = x.b[1];
+  S* __restrict__ buf = x.b[Centered ? 2 : 1];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    const C pi = Load(p[i]);
+    const C pi = p[i];
     C gi = x.template grad<Scaled>(i);
     if (decay) gi = gi + wd * pi;
     const C s2 = Keep<S>(alpha * Load(sq[i]) + oma * (gi * gi));
     sq[i] = Store<S>(s2);
     C avg;
-    if (centered) {
+    if constexpr (Centered) {
       const C go = Load(ga[i]);
       const C a = Keep<S>(go + oma * (gi - go));
       ga[i] = Store<S>(a);
@@ -193,14 +182,24 @@ __attribute__((noinline)) void Rmsprop(const Leaf<C, P, S>& x, int64_t flags) {
       avg = std::sqrt(s2);
     }
     avg = avg + eps;
-    if (buffer) {
+    if constexpr (Buffer) {
       const C b = Keep<S>(momentum * Load(buf[i]) + gi / avg);
       buf[i] = Store<S>(b);
-      p[i] = ApplyProduct<P>(pi, nlr, b);
+      p[i] = MulAdd(nlr, b, pi);
     } else {
-      p[i] = Apply<P>(pi, (nlr * gi) / avg);
+      p[i] = pi + (nlr * gi) / avg;
     }
   }
+}
+
+template <typename C, typename S, bool Scaled>
+void Rmsprop(const Leaf<C, S>& x, int64_t flags) {
+  const bool decay = flags & kDecay;
+  const bool centered = flags & kCentered, buffer = flags & kBuffer;
+  if (centered && buffer) return RmspropLoop<true, true, C, S, Scaled>(x, decay);
+  if (centered) return RmspropLoop<true, false, C, S, Scaled>(x, decay);
+  if (buffer) return RmspropLoop<false, true, C, S, Scaled>(x, decay);
+  return RmspropLoop<false, false, C, S, Scaled>(x, decay);
 }
 
 template <typename C>
@@ -209,26 +208,23 @@ CADENCE_INLINE C Sign(C v) {
   return (v < C(0) || v > C(0)) ? std::copysign(C(1), v) : v;
 }
 
-template <typename C, typename P, typename S, bool Scaled>
-__attribute__((noinline)) void Lion(const Leaf<C, P, S>& x, int64_t flags) {
+template <typename C, typename S, bool Scaled>
+__attribute__((noinline)) void Lion(const Leaf<C, S>& x, int64_t flags) {
   // s: -lr, b1, 1-b1, b2, 1-b2, 1-lr*wd
   const C nlr = x.s[0], b1 = x.s[1], omb1 = x.s[2], b2 = x.s[3], omb2 = x.s[4],
           factor = x.s[5];
   const bool decay = flags & kDecay;
-  P* __restrict__ p = x.p;
+  C* __restrict__ p = x.p;
   S* __restrict__ mu = x.b[0];
 #pragma GCC ivdep
   for (size_t i = 0; i < x.n; ++i) {
-    const C pi = Load(p[i]), gi = x.template grad<Scaled>(i), mi = Load(mu[i]);
+    const C pi = p[i], gi = x.template grad<Scaled>(i), mi = Load(mu[i]);
     C u = nlr * Sign(b1 * mi + omb1 * gi);
     if (decay) u = u + (pi * factor - pi);
     mu[i] = Store<S>(b2 * mi + omb2 * gi);
-    p[i] = Apply<P>(pi, u);
+    p[i] = pi + u;
   }
 }
-
-template <typename C, typename P, typename S>
-using Kernel = void (*)(const Leaf<C, P, S>&, int64_t);
 
 template <typename T>
 void CopyIn(const ffi::AnyBuffer& from, T* to, size_t n) {
@@ -239,7 +235,7 @@ void CopyIn(const ffi::AnyBuffer& from, T* to, size_t n) {
 
 // args: scalars, param, grad, buffers...; rets: param, buffers... (aliased to
 // their inputs, so the kernel reads and writes the result buffers).
-template <typename C, typename P, typename S, template <typename, typename, typename, bool> class K>
+template <typename C, typename S, template <typename, typename, bool> class K>
 ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) {
   const size_t n_bufs = rets.size() - 1;
   auto s = args.get<ffi::AnyBuffer>(0);
@@ -249,10 +245,10 @@ ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) 
   if (!s.has_value() || !p_in.has_value() || !g.has_value() || !p.has_value()) {
     return ffi::Error::InvalidArgument("cadence: bad operands");
   }
-  Leaf<C, P, S> leaf{};
+  Leaf<C, S> leaf{};
   leaf.s = static_cast<const C*>(s->untyped_data());
-  leaf.g = static_cast<const P*>(g->untyped_data());
-  leaf.p = static_cast<P*>((*p)->untyped_data());
+  leaf.g = static_cast<const C*>(g->untyped_data());
+  leaf.p = static_cast<C*>((*p)->untyped_data());
   leaf.n = g->element_count();
   const bool scaled = flags & kScaled;
   leaf.scale = scaled ? leaf.s[s->element_count() - 1] : C(1);
@@ -268,14 +264,14 @@ ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) 
   }
   // Separate instantiations keep the unscaled loop free of the multiply.
   if (scaled) {
-    K<C, P, S, true>(leaf, flags);
+    K<C, S, true>(leaf, flags);
   } else {
-    K<C, P, S, false>(leaf, flags);
+    K<C, S, false>(leaf, flags);
   }
   return ffi::Error::Success();
 }
 
-template <template <typename, typename, typename, bool> class K>
+template <template <typename, typename, bool> class K>
 ffi::Error Dispatch(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) {
   const size_t n_bufs = rets.size() - 1;
   if (rets.size() < 1 || n_bufs > 3 || args.size() != rets.size() + 2) {
@@ -289,28 +285,22 @@ ffi::Error Dispatch(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t fl
   using ffi::DataType;
   const DataType param = g->element_type(), state = (*b)->element_type();
   if (param == DataType::F64 && state == DataType::F64) {
-    return Run<double, double, double, K>(args, rets, flags);
+    return Run<double, double, K>(args, rets, flags);
   }
   if (param == DataType::F32 && state == DataType::F32) {
-    return Run<float, float, float, K>(args, rets, flags);
+    return Run<float, float, K>(args, rets, flags);
   }
   if (param == DataType::F32 && state == DataType::BF16) {
-    return Run<float, float, BF16, K>(args, rets, flags);
-  }
-  if (param == DataType::BF16 && state == DataType::BF16) {
-    return Run<float, BF16, BF16, K>(args, rets, flags);
-  }
-  if (param == DataType::BF16 && state == DataType::F32) {
-    return Run<float, BF16, float, K>(args, rets, flags);
+    return Run<float, BF16, K>(args, rets, flags);
   }
   return ffi::Error::InvalidArgument("cadence: unsupported parameter and state dtypes");
 }
 
 // Function templates cannot be template template arguments: wrap each kernel.
-#define CADENCE_KERNEL(name)                                         \
-  template <typename C, typename P, typename S, bool Scaled>         \
-  struct name##K {                                                   \
-    name##K(const Leaf<C, P, S>& x, int64_t f) { name<C, P, S, Scaled>(x, f); } \
+#define CADENCE_KERNEL(name)                                            \
+  template <typename C, typename S, bool Scaled>                        \
+  struct name##K {                                                      \
+    name##K(const Leaf<C, S>& x, int64_t f) { name<C, S, Scaled>(x, f); } \
   };
 
 CADENCE_KERNEL(Sgd)

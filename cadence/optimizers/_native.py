@@ -2,8 +2,8 @@
 
 `_kernels.cc` is compiled with the machine's C++ compiler (``$CXX``, else
 ``c++``) against the XLA FFI headers that jaxlib ships, the first time a step
-needs it, into a cache directory keyed by the source, the compiler and jaxlib
-(``$CADENCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/cadence``, else
+needs it, into a cache directory keyed by the source, the compiler, jaxlib
+and the CPU (``$CADENCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/cadence``, else
 ``~/.cache/cadence``). The library is written under a temporary name and
 renamed, so concurrent processes never load a half-written file. Without a
 compiler, or with ``CADENCE_NATIVE=0``, `step` uses XLA's loops instead: the
@@ -36,7 +36,7 @@ DECAY, BUFFER, NESTEROV, CENTERED, DECOUPLED, SCALED = 1, 2, 4, 8, 16, 32
 SOURCE = Path(__file__).with_name("_kernels.cc")
 # For the host CPU, as XLA compiles: XLA's CPU backend fuses a product into a
 # following sum where the CPU has FMA instructions, and the kernels must round
-# exactly as it does (-ffp-contract=fast forms the same fused operations).
+# exactly as it does (-ffp-contract=fast, and std::fma where GCC would not).
 FLAGS = (
     "-O3",
     "-march=native",

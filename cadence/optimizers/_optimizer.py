@@ -134,23 +134,24 @@ def _native_fits(
 ) -> bool:
     """Whether the native kernel can take this leaf.
 
-    The kernels compute in float64 for float64 parameters and state, and in
-    float32 for float32 or bfloat16 parameters with float32 or bfloat16
-    state, as `_leaf_update` does; the scalars must have that dtype (under
-    x64, float64 hyperparameters make XLA compute float32 leaves in float64).
-    With several devices XLA's partitioner would gather a custom call's
-    sharded operands, so those processes use XLA.
+    The kernels take float32 parameters with float32 or bfloat16 state, and
+    float64 with float64, computing in the parameter's dtype as
+    `_leaf_update` does; the scalars must have that dtype too (under x64,
+    float64 hyperparameters make XLA compute float32 leaves in float64).
+    bfloat16 parameters stay with XLA: where the CPU converts bfloat16 in
+    hardware, XLA's loops were the faster. With several devices XLA's
+    partitioner would gather a custom call's sharded operands, so those
+    processes use XLA too.
     """
-    compute = compute_dtype(p.dtype)
-    wide = compute == jnp.float64
-    storage = {jnp.dtype(t) for t in ((jnp.float64,) if wide else (jnp.float32, jnp.bfloat16))}
-    if p.dtype not in storage or g.dtype != p.dtype or g.shape != p.shape:
+    dtype = p.dtype
+    if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or g.shape != p.shape:
         return False
+    state = {jnp.dtype(dtype)} | ({jnp.dtype(jnp.bfloat16)} if dtype == jnp.float32 else set())
     if len({b.dtype for b in bufs.values()}) > 1:
         return False
-    if any(b.dtype not in storage or b.shape != p.shape for b in bufs.values()):
+    if any(b.dtype not in state or b.shape != p.shape for b in bufs.values()):
         return False
-    if any(jnp.shape(s[n]) != () or jnp.result_type(s[n]) != compute for n in names):
+    if any(jnp.shape(s[n]) != () or jnp.result_type(s[n]) != dtype for n in names):
         return False
     return jax.device_count() == 1 and _native.available()
 

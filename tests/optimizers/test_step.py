@@ -7,9 +7,13 @@ that computation itself.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +28,6 @@ from .examples import EVERYTHING, EXTRA, OPTIMIZERS
 
 # The configurations with a native kernel (float32/float64, one device).
 NATIVE = {
-    "sgd",
     "sgd_nesterov",
     "sgd_dampening",
     "adam",
@@ -93,6 +96,51 @@ def test_kernels_build_where_there_is_a_compiler():
     assert _native.available()
 
 
+_PROBE = """
+import json, jax, jax.numpy as jnp
+from cadence import optimizers as O
+from cadence.optimizers import _native
+opt = O.adamw(1e-2)
+p = {"w": jnp.ones(5)}
+text = jax.jit(opt.step).lower(p, opt.init(p), p).as_text()
+new, _ = opt.step(p, opt.init(p), p)
+print(json.dumps({"available": _native.available(), "native": "@cadence_" in text,
+                  "w": [float(x) for x in new["w"]]}))
+"""
+
+
+def probe(tmp_path, **env):
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        env=os.environ | {"CADENCE_CACHE_DIR": str(tmp_path)} | env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_build_into_a_fresh_cache(tmp_path):
+    if shutil.which((os.environ.get("CXX") or "c++").split()[0]) is None:
+        pytest.skip("no C++ compiler")
+    built, _ = probe(tmp_path)
+    assert built["available"] and built["native"]
+    # One library, renamed into place: no temporary left behind.
+    assert [f.suffix for f in tmp_path.iterdir()] == [".so"]
+    fallback, _ = probe(tmp_path, CADENCE_NATIVE="0")
+    assert not fallback["available"] and not fallback["native"]
+    assert fallback["w"] == built["w"]
+
+
+def test_a_failing_compiler_falls_back_to_xla(tmp_path):
+    # The build fails (here: `false --version`); step still runs, on XLA's loops.
+    result, stderr = probe(tmp_path, CXX=shutil.which("false") or "false")
+    assert not result["available"] and not result["native"]
+    assert "building the CPU kernels failed" in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
 @pytest.mark.parametrize("name", sorted(EVERYTHING))
 def test_step_equals_update_then_apply(name, jit):
@@ -143,20 +191,14 @@ def test_donated_step_updates_in_place(name):
     assert compiled.memory_analysis().temp_size_in_bytes < 33 * 31 * 4
 
 
-# bfloat16 storage: the math in float32, buffers rounded as stored (`keep`),
-# the update rounded to the parameter's dtype before it is added.
-BF16_CASES = {
-    "sgd-bf16": (O.sgd(0.1, momentum=0.9, weight_decay=0.01, nesterov=True), jnp.bfloat16),
-    "adamw-bf16": (O.adamw(1e-2), jnp.bfloat16),
-    "adam-bf16": (O.adam(1e-2, weight_decay=0.01), jnp.bfloat16),
-    "rmsprop-bf16": (O.rmsprop(1e-2, momentum=0.9, centered=True), jnp.bfloat16),
-    "lion-bf16": (O.lion(1e-3, weight_decay=0.1), jnp.bfloat16),
-    "adamw-bf16-state": (O.adamw(1e-2, state_dtype=jnp.bfloat16), jnp.float32),
-    "rmsprop-bf16-state": (
-        O.rmsprop(1e-2, momentum=0.9, weight_decay=0.01, state_dtype=jnp.bfloat16),
-        jnp.float32,
-    ),
-    "adamw-f32-state": (O.adamw(1e-2, state_dtype=jnp.float32), jnp.bfloat16),
+# bfloat16 state under float32 parameters: the math in float32, each buffer
+# rounded as stored (`keep`) before the update reads it.
+BF16_STATE = {
+    "sgd": O.sgd(0.1, momentum=0.9, weight_decay=0.01, nesterov=True),
+    "adamw": O.adamw(1e-2),
+    "adam": O.adam(1e-2, weight_decay=0.01),
+    "rmsprop": O.rmsprop(1e-2, momentum=0.9, centered=True, weight_decay=0.01),
+    "lion": O.lion(1e-3, weight_decay=0.1),
 }
 
 
@@ -177,22 +219,28 @@ def same_as_update(opt, dtype, steps=3):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("case", sorted(BF16_CASES))
-def test_bfloat16_storage_runs_natively_and_equals_update(case):
-    opt, dtype = BF16_CASES[case]
+@pytest.mark.parametrize("name", sorted(BF16_STATE))
+def test_bfloat16_state_runs_natively_and_equals_update(name):
+    opt = dataclasses.replace(BF16_STATE[name], state_dtype=jnp.bfloat16)
     if _native.available():
-        assert native_calls(opt, tree(dtype)) == 4
-    same_as_update(opt, dtype)
+        assert native_calls(opt, tree()) == 4
+    same_as_update(opt, jnp.float32)
 
 
 @pytest.mark.parametrize(
-    "opt",
-    [O.adam(1e-2, amsgrad=True), O.adagrad(1e-2)],  # no native AMSGrad, Adagrad
-    ids=["amsgrad", "adagrad"],
+    "opt, dtype",
+    [
+        (O.adam(1e-2, amsgrad=True), jnp.float32),  # no native AMSGrad
+        (O.adagrad(1e-2), jnp.float32),
+        (O.sgd(0.1), jnp.float32),  # no buffer: XLA's loop is one pass already
+        (O.adamw(1e-2), jnp.bfloat16),  # bfloat16 parameters
+        (O.rmsprop(1e-2, momentum=0.9, centered=True), jnp.bfloat16),
+    ],
+    ids=["amsgrad", "adagrad", "sgd-no-momentum", "adamw-bf16", "rmsprop-bf16"],
 )
-def test_unsupported_configurations_use_xla(opt):
-    assert native_calls(opt, tree()) == 0
-    same_as_update(opt, jnp.float32, steps=1)
+def test_other_configurations_use_xla(opt, dtype):
+    assert native_calls(opt, tree(dtype)) == 0
+    same_as_update(opt, dtype, steps=2)
 
 
 def test_mixed_widths_under_x64_use_xla(x64):
