@@ -8,10 +8,12 @@
 //
 // Each kernel repeats, operation for operation, the elementwise program that
 // XLA compiles from the optimizer's `_kernel` in Python, so both paths give
-// bit-identical results. The per-group scalars (learning rate, bias
-// corrections, ...) are computed by XLA and passed in as one vector. Built for
-// the host CPU with -ffp-contract=fast: XLA's CPU backend fuses a product into
-// a following sum or difference where the CPU has FMA, and so must we.
+// bit-identical results (tests/optimizers/test_step.py; a chain's clipping
+// coefficient is the one exception, see the README). The per-group scalars
+// (learning rate, bias corrections, ...) are computed by XLA and passed in as
+// one vector. Built for the host CPU with -ffp-contract=fast: XLA's CPU
+// backend fuses a product into a following sum or difference where the CPU
+// has FMA, and so must we.
 
 #include <cmath>
 #include <cstddef>
