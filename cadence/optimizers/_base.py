@@ -142,7 +142,8 @@ class Transformation(optax.GradientTransformationExtraArgs):
         """The new parameters and state: `update`, then ``optax.apply_updates``.
 
         Optimizers (and chains ending in one) override it with a single pass
-        per leaf on CPU; the numbers are the same.
+        per leaf on CPU, giving the same numbers (a clipped chain's to float32
+        rounding: see `Optimizer.step`).
 
         Example:
             >>> import jax.numpy as jnp
