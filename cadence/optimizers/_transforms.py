@@ -125,7 +125,11 @@ class chain(Transformation):
         """`update` through all but the last transformation, then the last one's `step`.
 
         A chain ending in an optimizer (``chain(clip_by_global_norm(1.0), adamw())``)
-        thus updates each leaf in one pass on CPU, as `Optimizer.step` does.
+        thus updates each leaf in one pass on CPU, as `Optimizer.step` does. A
+        `clip_by_global_norm` right before the optimizer hands it its
+        coefficient, which the kernel applies to each gradient as it reads it:
+        XLA's `update` recomputes that product in each loop and fuses it into a
+        multiply-add, so the two paths agree to float32 rounding.
         """
         self._check_state(state, "step")
         if not self.txs:
