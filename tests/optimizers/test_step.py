@@ -89,10 +89,13 @@ def native_calls(opt, params, **extra):
     return len(_NATIVE_CALL.findall(text.as_text()))
 
 
+def _have_compiler() -> bool:
+    return shutil.which((os.environ.get("CXX") or "c++").split()[0]) is not None
+
+
 def test_kernels_build_where_there_is_a_compiler():
-    cxx = (os.environ.get("CXX") or "c++").split()[0]
-    if shutil.which(cxx) is None:
-        pytest.skip(f"no C++ compiler ({cxx}); step uses XLA's loops")
+    if not _have_compiler():
+        pytest.skip("no C++ compiler; step uses XLA's loops")
     assert _native.available()
 
 
@@ -103,7 +106,7 @@ from cadence.optimizers import _native
 opt = O.adamw(1e-2)
 p = {"w": jnp.ones(5)}
 text = jax.jit(opt.step).lower(p, opt.init(p), p).as_text()
-new, _ = opt.step(p, opt.init(p), p)
+new, _ = jax.jit(opt.step)(p, opt.init(p), p)
 print(json.dumps({"available": _native.available(), "native": "@cadence_" in text,
                   "w": [float(x) for x in new["w"]]}))
 """
@@ -122,7 +125,7 @@ def probe(tmp_path, **env):
 
 
 def test_build_into_a_fresh_cache(tmp_path):
-    if shutil.which((os.environ.get("CXX") or "c++").split()[0]) is None:
+    if not _have_compiler():
         pytest.skip("no C++ compiler")
     built, _ = probe(tmp_path)
     assert built["available"] and built["native"]
