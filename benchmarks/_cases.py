@@ -30,22 +30,14 @@ def _runners(
     params_np, grads_np, grads = data["params_np"], data["grads_np"], data["grads"]
     dtype = shape.dtype
 
-    def jax_row(name: str, library: str, tx: Any, donate: bool = True) -> Runner:
-        step = _jax.make_step(tx)
-        return _jax.runner(name, library, step, tx.init, params_np, grads, dtype, donate)
+    def jax_row(
+        name: str, library: str, tx: Any, donate: bool = True, make: Any = _jax.make_step
+    ) -> Runner:
+        return _jax.runner(name, library, make(tx), tx.init, params_np, grads, dtype, donate)
 
     cadence = spec.cadence(None)
     runners = [
-        _jax.runner(
-            "cadence.step",
-            "cadence",
-            _jax.make_native_step(cadence),
-            cadence.init,
-            params_np,
-            grads,
-            dtype,
-            True,
-        ),
+        jax_row("cadence.step", "cadence", cadence, make=_jax.make_native_step),
         jax_row("cadence", "cadence", cadence),
         jax_row("optax", "optax", spec.optax()),
     ]

@@ -29,7 +29,7 @@ namespace {
 
 // Flags, shared with cadence/optimizers/_native.py.
 constexpr int64_t kDecay = 1;       // weight decay reads the parameter
-constexpr int64_t kBuffer = 2;      // a momentum buffer is kept
+constexpr int64_t kBuffer = 2;      // RMSprop: a momentum buffer is kept
 constexpr int64_t kNesterov = 4;    // SGD: Nesterov momentum
 constexpr int64_t kCentered = 8;    // RMSprop: centered
 constexpr int64_t kDecoupled = 16;  // Adam: decoupled decay (AdamW)
@@ -113,7 +113,8 @@ template <typename C, typename S, bool Scaled>
 __attribute__((noinline)) void Sgd(const Leaf<C, S>& x, int64_t flags) {
   // s: weight_decay, keep, take, momentum, -lr
   const C wd = x.s[0], keep = x.s[1], take = x.s[2], momentum = x.s[3], nlr = x.s[4];
-  const bool decay = flags & kDecay, buffer = flags & kBuffer, nesterov = flags & kNesterov;
+  // Always with a momentum buffer: without one, XLA's loop is one pass already.
+  const bool decay = flags & kDecay, nesterov = flags & kNesterov;
   C* __restrict__ p = x.p;
   S* __restrict__ buf = x.b[0];
 #pragma GCC ivdep
@@ -121,12 +122,9 @@ __attribute__((noinline)) void Sgd(const Leaf<C, S>& x, int64_t flags) {
     const C pi = p[i];
     C d = x.template grad<Scaled>(i);
     if (decay) d = d + wd * pi;
-    if (buffer) {
-      const C b = Keep<S>(keep * Load(buf[i]) + take * d);
-      buf[i] = Store<S>(b);
-      d = nesterov ? d + momentum * b : b;
-    }
-    p[i] = MulAdd(nlr, d, pi);
+    const C b = Keep<S>(keep * Load(buf[i]) + take * d);
+    buf[i] = Store<S>(b);
+    p[i] = MulAdd(nlr, nesterov ? d + momentum * b : b, pi);
   }
 }
 

@@ -289,24 +289,15 @@ class Optimizer(Transformation):
         """
         del extra
         run = self._prepare(f"{type(self).__name__}.update", updates, state, params)
-        leaf = functools.partial(_leaf_update, self)
-        if run.traced:
-            # Under a trace, one nested jit per update: leaves with the same
-            # shapes and dtypes share one trace of the kernel instead of
-            # re-tracing it (XLA inlines the calls, so the program is the same).
-            # Eagerly, a fresh jit per call would recompile every step.
-            leaf = jax.jit(leaf, static_argnums=(4,))
-        out, new = [], {n: [] for n in run.present}
-        for k, (g, p, i) in enumerate(zip(run.grads, run.params, run.index, strict=True)):
+
+        def args(g: Any, p: Any, i: int) -> tuple[Any, ...]:
             g = jnp.asarray(g)
+            out_dtype = jnp.dtype(dtype_of(p) if p is not None else g.dtype)
             p = jnp.asarray(p) if (p is not None and run.decays[i]) else None
-            bufs = {n: run.buffers[n][k] for n in run.present}
-            out_dtype = dtype_of(run.params[k]) if run.params[k] is not None else g.dtype
-            u, bufs = leaf(p, g, bufs, run.scalars[i], jnp.dtype(out_dtype))
-            out.append(u)
-            for n in run.present:
-                new[n].append(bufs[n])
-        return run.treedef.unflatten(out), run.finish(state, new)
+            return p, g, run.scalars[i], out_dtype
+
+        deltas, new = run.each(functools.partial(_leaf_update, self), args)
+        return deltas, run.finish(state, new)
 
     def step(self, grads: Any, state: Any, params: Any, **extra: Any) -> tuple[Any, Any]:
         """One training step: the new parameters and state.
@@ -351,18 +342,13 @@ class Optimizer(Transformation):
         if params is None:
             raise TypeError(f"{owner}: params are required (step returns the new params)")
         run = self._prepare(owner, grads, state, params)
-        leaf = functools.partial(_leaf_step, self)
-        if run.traced:
-            leaf = jax.jit(leaf, static_argnums=(4,))
-        out, new = [], {n: [] for n in run.present}
-        for k, (g, p, i) in enumerate(zip(run.grads, run.params, run.index, strict=True)):
-            bufs = {n: run.buffers[n][k] for n in run.present}
+
+        def args(g: Any, p: Any, i: int) -> tuple[Any, ...]:
             s = run.scalars[i] if scale is None else run.scalars[i] | {"grad_scale": scale}
-            p, bufs = leaf(jnp.asarray(p), jnp.asarray(g), bufs, s, run.decays[i])
-            out.append(p)
-            for n in run.present:
-                new[n].append(bufs[n])
-        return run.treedef.unflatten(out), run.finish(state, new)
+            return jnp.asarray(p), jnp.asarray(g), s, run.decays[i]
+
+        params, new = run.each(functools.partial(_leaf_step, self), args)
+        return params, run.finish(state, new)
 
     def _prepare(self, owner: str, grads: Any, state: Any, params: Any) -> _Run:
         """Validate the call and evaluate what every leaf's update needs."""
@@ -424,6 +410,28 @@ class _Run:
     treedef: Any
     traced: bool
     groups: Groups | None
+
+    def each(
+        self, leaf: Callable[..., tuple[Any, dict]], args: Callable[[Any, Any, int], tuple]
+    ) -> tuple[Any, dict[str, list[Any]]]:
+        """``leaf(p, g, buffers, scalars, static)`` on every leaf: the outputs' tree, the buffers.
+
+        ``args(grad, param, group)`` gives the leaf's (p, g, scalars, static).
+        """
+        if self.traced:
+            # Under a trace, one nested jit per call: leaves with the same
+            # shapes and dtypes share one trace of the kernel instead of
+            # re-tracing it (XLA inlines the calls, so the program is the same).
+            # Eagerly, a fresh jit per call would recompile every step.
+            leaf = jax.jit(leaf, static_argnums=(4,))
+        out, new = [], {n: [] for n in self.present}
+        for k, (g, p, i) in enumerate(zip(self.grads, self.params, self.index, strict=True)):
+            p, g, s, static = args(g, p, i)
+            x, bufs = leaf(p, g, {n: self.buffers[n][k] for n in self.present}, s, static)
+            out.append(x)
+            for n in self.present:
+                new[n].append(bufs[n])
+        return self.treedef.unflatten(out), new
 
     def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
         return state._replace(

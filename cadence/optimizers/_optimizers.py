@@ -166,8 +166,7 @@ class sgd(Optimizer):
     def _native_kernel(self, bufs, decay):
         if "momentum_buffer" not in bufs:
             return None  # XLA's one loop over (param, grad) is already a single pass
-        flags = _native.BUFFER | (_native.DECAY if decay else 0)
-        flags |= _native.NESTEROV if self.nesterov else 0
+        flags = (_native.DECAY if decay else 0) | (_native.NESTEROV if self.nesterov else 0)
         return "cadence_sgd", ("weight_decay", "keep", "take", "momentum", "-lr"), flags
 
     def _kernel(self, p, g, bufs, s, keep):

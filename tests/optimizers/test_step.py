@@ -62,9 +62,9 @@ def gradients(k, dtype=jnp.float32):
     return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape) * scale, dtype), tree())
 
 
-def run(name, dtype, *, method, jit, steps=3):
-    opt = EVERYTHING[name]
-    extra = EXTRA.get(name, {})
+def run(opt, dtype, *, method, jit, steps=3, extra=None):
+    """Params and state after `steps` of `opt`, by "step" or by "update" + apply."""
+    extra = extra or {}
     params = tree(dtype)
     state = opt.init(params)
 
@@ -80,6 +80,18 @@ def run(name, dtype, *, method, jit, steps=3):
     for k in range(steps):
         params, state = fn(gradients(k, dtype), state, params)
     return params, state
+
+
+def assert_same(ours, ref):
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def same_as_update(opt, dtype, steps=3):
+    """`step` equals the jitted `update` + `apply_updates`, bit for bit."""
+    ours = run(opt, dtype, method="step", jit=True, steps=steps)
+    assert_same(ours, run(opt, dtype, method="update", jit=True, steps=steps))
 
 
 def native_calls(opt, params, **extra):
@@ -151,22 +163,19 @@ def test_step_equals_update_then_apply(name, jit):
     # matches the jitted reference; XLA's own eager path rounds differently
     # (no fused multiply-adds between separate operations).
     native = name in NATIVE
-    ours = run(name, jnp.float32, method="step", jit=jit)
-    ref = run(name, jnp.float32, method="update", jit=jit or native)
+    opt, extra = EVERYTHING[name], EXTRA.get(name)
+    ours = run(opt, jnp.float32, method="step", jit=jit, extra=extra)
+    ref = run(opt, jnp.float32, method="update", jit=jit or native, extra=extra)
     if name in ROUNDED_DIFFERENTLY:
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         return
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same(ours, ref)
 
 
 @pytest.mark.parametrize("name", sorted(NATIVE))
 def test_float64_step_equals_update_then_apply(name, x64):
-    ours = run(name, jnp.float64, method="step", jit=True)
-    ref = run(name, jnp.float64, method="update", jit=True)
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
-        np.testing.assert_array_equal(a, b)
+    same_as_update(OPTIMIZERS[name], jnp.float64)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -203,23 +212,6 @@ BF16_STATE = {
     "rmsprop": O.rmsprop(1e-2, momentum=0.9, centered=True, weight_decay=0.01),
     "lion": O.lion(1e-3, weight_decay=0.1),
 }
-
-
-def same_as_update(opt, dtype, steps=3):
-    params = tree(dtype)
-    ours = ref = (params, opt.init(params))
-
-    def by_update(g, state, params):
-        updates, state = opt.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    for k in range(steps):
-        g = gradients(k, dtype)
-        ours = jax.jit(opt.step)(g, ours[1], ours[0])
-        ref = jax.jit(by_update)(g, ref[1], ref[0])
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
-        assert a.dtype == b.dtype
-        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("name", sorted(BF16_STATE))
