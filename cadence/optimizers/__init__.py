@@ -19,6 +19,7 @@ Example:
 
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
+from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
 from ._optimizers import adagrad as adagrad
 from ._optimizers import adam as adam

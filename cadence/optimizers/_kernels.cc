@@ -15,6 +15,7 @@
 // backend fuses a product into a following sum or difference where the CPU
 // has FMA, and so must we.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -226,72 +227,93 @@ __attribute__((noinline)) void Lion(const Leaf<C, S>& x, int64_t flags) {
   }
 }
 
-template <typename T>
-void CopyIn(const ffi::AnyBuffer& from, T* to, size_t n) {
+void CopyIn(const ffi::AnyBuffer& from, ffi::AnyBuffer& to) {
   // With the outputs aliased to the inputs these are the same memory; XLA
   // gives an input that it cannot donate a copy first.
-  if (from.untyped_data() != to) std::memcpy(to, from.untyped_data(), n * sizeof(T));
+  if (from.untyped_data() != to.untyped_data()) {
+    std::memcpy(to.untyped_data(), from.untyped_data(), to.size_bytes());
+  }
 }
 
-// args: scalars, param, grad, buffers...; rets: param, buffers... (aliased to
-// their inputs, so the kernel reads and writes the result buffers).
+// One call updates G leaves that share their scalars and flags.
+// args: scalars, G params, G grads, K buffer arrays; rets: G params, K buffer
+// arrays, each aliased to its input, so the kernel reads and writes the
+// result buffers. Leaf i's buffers start offsets[i] elements into the buffer
+// arrays: a leaf's own buffers (G = 1, offset 0), or its place in the vectors
+// that `flatten` keeps.
 template <typename C, typename S, template <typename, typename, bool> class K>
-ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) {
-  const size_t n_bufs = rets.size() - 1;
+ffi::Error Run(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags,
+               ffi::Span<const int64_t> offsets) {
+  const size_t n_leaves = offsets.size(), n_bufs = rets.size() - n_leaves;
   auto s = args.get<ffi::AnyBuffer>(0);
-  auto p_in = args.get<ffi::AnyBuffer>(1);
-  auto g = args.get<ffi::AnyBuffer>(2);
-  auto p = rets.get<ffi::AnyBuffer>(0);
-  if (!s.has_value() || !p_in.has_value() || !g.has_value() || !p.has_value()) {
-    return ffi::Error::InvalidArgument("cadence: bad operands");
-  }
-  Leaf<C, S> leaf{};
-  leaf.s = static_cast<const C*>(s->untyped_data());
-  leaf.g = static_cast<const C*>(g->untyped_data());
-  leaf.p = static_cast<C*>((*p)->untyped_data());
-  leaf.n = g->element_count();
+  if (!s.has_value()) return ffi::Error::InvalidArgument("cadence: bad scalars");
+  const C* scalars = static_cast<const C*>(s->untyped_data());
   const bool scaled = flags & kScaled;
-  leaf.scale = scaled ? leaf.s[s->element_count() - 1] : C(1);
-  CopyIn(*p_in, leaf.p, leaf.n);
+  const C scale = scaled ? scalars[s->element_count() - 1] : C(1);
+  S* bufs[3];
+  size_t capacity = ~size_t{0};
   for (size_t k = 0; k < n_bufs; ++k) {
-    auto b = rets.get<ffi::AnyBuffer>(1 + k);
-    auto in = args.get<ffi::AnyBuffer>(3 + k);
+    auto b = rets.get<ffi::AnyBuffer>(n_leaves + k);
+    auto in = args.get<ffi::AnyBuffer>(1 + 2 * n_leaves + k);
     if (!b.has_value() || !in.has_value()) {
       return ffi::Error::InvalidArgument("cadence: bad buffer");
     }
-    leaf.b[k] = static_cast<S*>((*b)->untyped_data());
-    CopyIn(*in, leaf.b[k], leaf.n);
+    CopyIn(*in, **b);
+    bufs[k] = static_cast<S*>((*b)->untyped_data());
+    capacity = std::min(capacity, size_t((*b)->element_count()));
   }
-  // Separate instantiations keep the unscaled loop free of the multiply.
-  if (scaled) {
-    K<C, S, true>(leaf, flags);
-  } else {
-    K<C, S, false>(leaf, flags);
+  for (size_t i = 0; i < n_leaves; ++i) {
+    auto p_in = args.get<ffi::AnyBuffer>(1 + i);
+    auto g = args.get<ffi::AnyBuffer>(1 + n_leaves + i);
+    auto p = rets.get<ffi::AnyBuffer>(i);
+    if (!p_in.has_value() || !g.has_value() || !p.has_value()) {
+      return ffi::Error::InvalidArgument("cadence: bad operands");
+    }
+    Leaf<C, S> leaf{};
+    leaf.s = scalars;
+    leaf.scale = scale;
+    leaf.g = static_cast<const C*>(g->untyped_data());
+    leaf.p = static_cast<C*>((*p)->untyped_data());
+    leaf.n = g->element_count();
+    const int64_t offset = offsets[i];
+    if (offset < 0 || (n_bufs && size_t(offset) + leaf.n > capacity)) {
+      return ffi::Error::InvalidArgument("cadence: a leaf runs past its buffers");
+    }
+    CopyIn(*p_in, **p);
+    for (size_t k = 0; k < n_bufs; ++k) leaf.b[k] = bufs[k] + offset;
+    // Separate instantiations keep the unscaled loop free of the multiply.
+    if (scaled) {
+      K<C, S, true>(leaf, flags);
+    } else {
+      K<C, S, false>(leaf, flags);
+    }
   }
   return ffi::Error::Success();
 }
 
 template <template <typename, typename, bool> class K>
-ffi::Error Dispatch(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags) {
-  const size_t n_bufs = rets.size() - 1;
-  if (rets.size() < 1 || n_bufs > 3 || args.size() != rets.size() + 2) {
+ffi::Error Dispatch(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t flags,
+                    ffi::Span<const int64_t> offsets) {
+  const size_t n_leaves = offsets.size();
+  if (n_leaves < 1 || rets.size() < n_leaves || rets.size() - n_leaves > 3 ||
+      args.size() != 1 + n_leaves + rets.size()) {
     return ffi::Error::InvalidArgument("cadence: unexpected operand count");
   }
-  auto g = args.get<ffi::AnyBuffer>(2);
-  auto b = n_bufs ? rets.get<ffi::AnyBuffer>(1) : rets.get<ffi::AnyBuffer>(0);
+  auto g = args.get<ffi::AnyBuffer>(1 + n_leaves);
+  auto b = rets.get<ffi::AnyBuffer>(rets.size() > n_leaves ? n_leaves : 0);
   if (!g.has_value() || !b.has_value()) {
     return ffi::Error::InvalidArgument("cadence: bad operands");
   }
   using ffi::DataType;
   const DataType param = g->element_type(), state = (*b)->element_type();
   if (param == DataType::F64 && state == DataType::F64) {
-    return Run<double, double, K>(args, rets, flags);
+    return Run<double, double, K>(args, rets, flags, offsets);
   }
   if (param == DataType::F32 && state == DataType::F32) {
-    return Run<float, float, K>(args, rets, flags);
+    return Run<float, float, K>(args, rets, flags, offsets);
   }
   if (param == DataType::F32 && state == DataType::BF16) {
-    return Run<float, BF16, K>(args, rets, flags);
+    return Run<float, BF16, K>(args, rets, flags, offsets);
   }
   return ffi::Error::InvalidArgument("cadence: unsupported parameter and state dtypes");
 }
@@ -313,7 +335,11 @@ CADENCE_KERNEL(Lion)
 #define CADENCE_HANDLER(symbol, name)                                         \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(                                              \
       symbol, Dispatch<name##K>,                                              \
-      ffi::Ffi::Bind().RemainingArgs().RemainingRets().Attr<int64_t>("flags"))
+      ffi::Ffi::Bind()                                                        \
+          .RemainingArgs()                                                    \
+          .RemainingRets()                                                    \
+          .Attr<int64_t>("flags")                                             \
+          .Attr<ffi::Span<const int64_t>>("offsets"))
 
 CADENCE_HANDLER(CadenceSgd, Sgd);
 CADENCE_HANDLER(CadenceAdam, Adam);

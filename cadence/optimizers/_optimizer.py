@@ -79,6 +79,76 @@ def _leaf_update(
     return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
 
 
+def _xla_leaf_step(
+    opt: Optimizer,
+    p: jax.Array,
+    g: jax.Array,
+    bufs: dict[str, jax.Array],
+    s: dict[str, Any],
+    decay: bool,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """One leaf's new parameter and buffers as XLA computes them: `_leaf_update` and the sum."""
+    if "grad_scale" in s:
+        # clip_by_global_norm's own arithmetic, which XLA fuses into the loops.
+        g = (g.astype(compute_dtype(g.dtype)) * s["grad_scale"]).astype(g.dtype)
+    u, new = _leaf_update(opt, p if decay else None, g, bufs, s, p.dtype)
+    # optax.apply_updates, leaf by leaf.
+    return jnp.asarray(p + u).astype(p.dtype), new
+
+
+def native_kernel(
+    opt: Optimizer, bufs: Sequence[str], s: dict[str, Any], decay: bool
+) -> tuple[str, tuple[str, ...], int] | None:
+    """(target, scalar names, flags) of the kernel for a leaf with these buffers, or None."""
+    kernel = opt._native_kernel(bufs, decay)
+    if kernel is not None and "grad_scale" in s:
+        target, names, flags = kernel
+        kernel = target, (*names, "grad_scale"), flags | _native.SCALED
+    return kernel
+
+
+def native_call(
+    kernel: tuple[str, tuple[str, ...], int],
+    ps: Sequence[jax.Array],
+    gs: Sequence[jax.Array],
+    bufs: Sequence[jax.Array],
+    s: dict[str, Any],
+    offsets: Sequence[int],
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """The kernel on leaves `ps` whose buffers start at `offsets` in `bufs`: new params, buffers.
+
+    Every parameter and buffer is updated in place (aliased to its input).
+    """
+    target, names, flags = kernel
+    n = len(ps)
+    outs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*ps, *bufs)]
+    # Inputs: scalars, params, grads, buffers.
+    aliases = {1 + i: i for i in range(n)} | {1 + 2 * n + k: n + k for k in range(len(bufs))}
+    call = jax.ffi.ffi_call(target, outs, input_output_aliases=aliases, vmap_method="sequential")
+    out = call(
+        jnp.stack([s[name] for name in names]),
+        *ps,
+        *gs,
+        *bufs,
+        flags=np.int64(flags),
+        offsets=np.asarray(offsets, np.int64),
+    )
+    return list(out[:n]), list(out[n:])
+
+
+def on_cpu(native: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
+    """`native` where the program runs on a CPU, `xla` elsewhere; derivatives follow `xla`."""
+
+    def run(*args: Any) -> Any:
+        # Only a CPU has the kernels; another platform lowers XLA's loops.
+        return jax.lax.platform_dependent(*args, cpu=native, default=xla)
+
+    run = jax.custom_jvp(run)
+    # Derivatives (meta-learning through a step) follow XLA's formulation.
+    run.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
+    return run
+
+
 def _leaf_step(
     opt: Optimizer,
     p: jax.Array,
@@ -87,49 +157,23 @@ def _leaf_step(
     s: dict[str, Any],
     decay: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One leaf's new parameter and buffers: `_leaf_update` and the sum, or one native loop."""
-
-    def xla(p, g, bufs, s):
-        if "grad_scale" in s:
-            # clip_by_global_norm's own arithmetic, which XLA fuses into the loops.
-            g = (g.astype(compute_dtype(g.dtype)) * s["grad_scale"]).astype(g.dtype)
-        u, new = _leaf_update(opt, p if decay else None, g, bufs, s, p.dtype)
-        # optax.apply_updates, leaf by leaf.
-        return jnp.asarray(p + u).astype(p.dtype), new
-
+    """One leaf's new parameter and buffers: `_xla_leaf_step`, or one native loop."""
+    xla = functools.partial(_xla_leaf_step, opt, decay=decay)
     # The kernels take the buffers in the state's field order (a dict that
     # went through jit comes back with sorted keys).
     order = tuple(n for n in opt._buffer_names() if n in bufs)
-    kernel = opt._native_kernel(order, decay)
-    if kernel is not None and "grad_scale" in s:
-        target, names, flags = kernel
-        kernel = target, (*names, "grad_scale"), flags | _native.SCALED
-    if kernel is None or not _native_fits(p, g, bufs, s, kernel[1]):
+    kernel = native_kernel(opt, order, s, decay)
+    if kernel is None or not native_fits(p, g, bufs, s, kernel[1]):
         return xla(p, g, bufs, s)
-    target, names, flags = kernel
 
     def run(p, g, bufs, s):
-        scalars = jnp.stack([s[n] for n in names])
-        outs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (p, *(bufs[n] for n in order))]
-        # Inputs: scalars, p, g, buffers; p and each buffer are updated in place.
-        aliases = {1: 0} | {3 + k: 1 + k for k in range(len(order))}
-        call = jax.ffi.ffi_call(
-            target, outs, input_output_aliases=aliases, vmap_method="sequential"
-        )
-        p, *new = call(scalars, p, g, *(bufs[n] for n in order), flags=np.int64(flags))
+        (p,), new = native_call(kernel, [p], [g], [bufs[n] for n in order], s, [0])
         return p, dict(zip(order, new, strict=True))
 
-    def native(p, g, bufs, s):
-        # Only a CPU has the kernel; another platform lowers XLA's loops.
-        return jax.lax.platform_dependent(p, g, bufs, s, cpu=run, default=xla)
-
-    native = jax.custom_jvp(native)
-    # Derivatives (meta-learning through a step) follow XLA's formulation.
-    native.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
-    return native(p, g, bufs, s)
+    return on_cpu(run, xla)(p, g, bufs, s)
 
 
-def _native_fits(
+def native_fits(
     p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any], names: Sequence[str]
 ) -> bool:
     """Whether the native kernel can take this leaf.

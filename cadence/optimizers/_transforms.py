@@ -30,6 +30,7 @@ from ._base import (
     transformation_type,
     zero_count,
 )
+from ._flatten import flatten
 from ._groups import evaluate
 from ._optimizer import Optimizer
 from ._reductions import finish, leaf_partials, partial_sum
@@ -139,7 +140,7 @@ class chain(Transformation):
         # kernel multiplies each gradient by the coefficient as it reads it,
         # instead of a pass that writes the clipped gradients out.
         defer = bool(head) and type(head[-1]) is clip_by_global_norm
-        defer = defer and isinstance(last, Optimizer)
+        defer = defer and isinstance(last, (Optimizer, flatten))
         updates, new = grads, []
         for tx, s in zip(head[:-1] if defer else head, state.inner, strict=False):
             updates, s = tx.update(updates, s, params, **extra)
