@@ -38,6 +38,7 @@ def _runners(
     cadence = spec.cadence(None)
     runners = [
         jax_row("cadence.step", "cadence", cadence, make=_jax.make_native_step),
+        jax_row("cadence.flatten", "cadence", spec.flat(None), make=_jax.make_native_step),
         jax_row("cadence", "cadence", cadence),
         jax_row("optax", "optax", spec.optax()),
     ]

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 KINDS = ("adamw", "chain")
-# cadence.step: `step` (native loops on CPU); cadence: `update` + apply_updates.
-LIBRARIES = ("cadence.step", "cadence", "optax")
+# cadence.step: `step` (native loops on CPU); cadence.flatten: `step` of the
+# optimizer under `O.flatten`; cadence: `update` + apply_updates.
+LIBRARIES = ("cadence.step", "cadence.flatten", "cadence", "optax")
 LEAF_SIZE = 1000
 # Importing jax, optax and cadence in the child; not part of any budget.
 STARTUP_S = 120.0
@@ -144,8 +145,11 @@ def _child(argv: list[str]) -> None:
 
     jax.config.update("jax_enable_compilation_cache", False)
     spec = SPECS[args.kind]
-    tx = spec.optax() if args.library == "optax" else spec.cadence(None)
-    make = make_native_step if args.library == "cadence.step" else make_step
+    if args.library == "optax":
+        tx = spec.optax()
+    else:
+        tx = spec.flat(None) if args.library == "cadence.flatten" else spec.cadence(None)
+    make = make_native_step if args.library in ("cadence.step", "cadence.flatten") else make_step
 
     def lower_compile(n: int, size: int) -> tuple[float, float]:
         params = {f"leaf{i:05d}": jax.ShapeDtypeStruct((size,), jnp.float32) for i in range(n)}

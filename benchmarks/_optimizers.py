@@ -50,6 +50,14 @@ class Spec:
     torch_cosine: bool = False
     fused: bool = True
 
+    def flat(self, state_dtype: Any) -> Any:
+        """The cadence transformation with its optimizer's buffers flattened (`O.flatten`)."""
+        tx = self.cadence(state_dtype)
+        if isinstance(tx, O.chain):
+            *head, last = tx.txs
+            return O.chain(*head, O.flatten(last))
+        return O.flatten(tx)
+
     def floor_bytes(self, itemsize: int) -> int:
         """Bytes per parameter one fused pass must move.
 

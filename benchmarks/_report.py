@@ -111,12 +111,15 @@ def torch_reference(rows: list[dict[str, Any]]) -> tuple[float | None, str | Non
 # The cadence path the headline ratios use: `step` (a native loop per leaf on
 # CPU); the "cadence" row is `update` + optax.apply_updates, shown beside it.
 HEADLINE = "cadence.step"
+# `step` with the state in vectors (`O.flatten`): for trees of many small leaves.
+FLAT = "cadence.flatten"
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The headline ratios of one case."""
     cad = _find(rows, HEADLINE)
     update_ms = _find(rows, "cadence")
+    flat_ms = _find(rows, FLAT)
     optax_ms = _find(rows, "optax")
     flat = _find(rows, "optax.flatten")
     torch_ms, torch_path = torch_reference(rows)
@@ -134,6 +137,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cadence_over_optax": ratio(cad, optax_ms),
         "cadence_over_flatten": ratio(cad, flat),
         "cadence_over_torch": ratio(cad, torch_ms),
+        "flat_ms": flat_ms,
+        "flat_over_optax": ratio(flat_ms, optax_ms),
+        "flat_over_flatten": ratio(flat_ms, flat),
+        "flat_over_torch": ratio(flat_ms, torch_ms),
         "cadence_x_floor": next((r["x_floor"] for r in rows if r["variant"] == HEADLINE), None),
         "floor_ms": rows[0]["floor_ms"],
     }
@@ -147,7 +154,10 @@ def case_footer(s: dict[str, Any]) -> str:
         f"cadence.step/optax {fmt(s['cadence_over_optax']) or NA} · "
         f"cadence (update)/optax {fmt(s['update_over_optax']) or NA} · "
         f"cadence.step/optax.flatten {fmt(s['cadence_over_flatten']) or NA} · "
-        f"cadence.step/{torch_label} {fmt(s['cadence_over_torch']) or NA}"
+        f"cadence.step/{torch_label} {fmt(s['cadence_over_torch']) or NA}\n"
+        f"cadence.flatten/optax {fmt(s['flat_over_optax']) or NA} · "
+        f"cadence.flatten/optax.flatten {fmt(s['flat_over_flatten']) or NA} · "
+        f"cadence.flatten/{torch_label} {fmt(s['flat_over_torch']) or NA}"
     )
 
 
@@ -164,6 +174,9 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
         "c/flatten",
         "c/torch",
         "step x floor",
+        "flat ms",
+        "f/optax",
+        "f/torch",
     ]
     body = [
         [
@@ -180,6 +193,9 @@ def summary_table(summary: list[dict[str, Any]]) -> str:
             fmt(s["cadence_over_flatten"]),
             fmt(s["cadence_over_torch"]),
             fmt(s["cadence_x_floor"]),
+            fmt(s["flat_ms"]),
+            fmt(s["flat_over_optax"]),
+            fmt(s["flat_over_torch"]),
         ]
         for s in summary
     ]
@@ -249,26 +265,9 @@ def targets(
     def judge(ok: bool | None) -> str:
         return "not measured" if ok is None else ("met" if ok else "not met")
 
-    for key, label in [
-        ("cadence_over_optax", "step time <= optax (every shape, every optimizer)"),
-        ("cadence_over_flatten", "step time <= optax.flatten (every shape, every optimizer)"),
-        ("cadence_over_torch", "step time <= torch fused (every shape, every optimizer)"),
-    ]:
-        value, where = worst(key, summary)
-        n = sum(s[key] is not None for s in summary)
-        met = sum(s[key] is not None and s[key] <= 1.0 for s in summary)
-        evidence = f"{met}/{n} cases <= 1; worst {fmt(value)} ({where})" if n else ""
-        add(label, judge(None if value is None else value <= 1.0), evidence)
-
-    on_c = [s for s in summary if s["shape"] == "c" and s["cadence_over_optax"]]
-    if on_c:
-        speedups = [(1 / s["cadence_over_optax"], s["optimizer"]) for s in on_c]
-        low, where = min(speedups)
-        listing = ", ".join(f"{o} {x:.2f}x" for x, o in speedups)
-        add(">= 2x faster than plain optax on (c)", judge(low >= 2.0), f"optax/cadence: {listing}")
-    else:
-        add(">= 2x faster than plain optax on (c)", judge(None), "")
-
+    for tag, prefix, variant in (("step", "cadence", HEADLINE), ("flatten", "flat", FLAT)):
+        _speed_targets(add, judge, worst, summary, tag, prefix)
+        _compile_targets(add, judge, compile_rows, budget, tag, variant)
     on_a = [s for s in summary if s["shape"] == "a" and s["cadence_x_floor"] is not None]
     value, where = worst("cadence_x_floor", on_a)
     add(
@@ -277,49 +276,11 @@ def targets(
         f"cadence x floor, worst {fmt(value)} ({where})" if on_a else "",
     )
 
-    for kind in ("adamw", "chain"):
-        cad = _compile_row(compile_rows, kind, 1000, HEADLINE)
-        opt = _compile_row(compile_rows, kind, 1000, "optax")
-        r = ratio(total_s(cad), total_s(opt))
-        if cad is None or opt is None:
-            add(f"compile at 1000 leaves <= 0.25x optax ({kind})", judge(None), "")
-        elif r is None:
-            ok = None if cad["status"] == "ok" else False
-            evidence = f"cadence {describe(cad, budget)} s, optax {describe(opt, budget)} s"
-            add(f"compile at 1000 leaves <= 0.25x optax ({kind})", judge(ok), evidence)
-        else:
-            add(
-                f"compile at 1000 leaves <= 0.25x optax ({kind})",
-                judge(r <= 0.25),
-                f"{r:.2f} (cadence {total_s(cad):.1f} s, optax {total_s(opt):.1f} s)",
-            )
-        big = max((r["leaves"] for r in compile_rows if r["kind"] == kind), default=None)
-        t_big = total_s(_compile_row(compile_rows, kind, big, HEADLINE)) if big else None
-        t_1k = total_s(cad)
-        name = f"compile grows ~linearly, {big or 'many'} leaves in seconds ({kind})"
-        if big is None or cad is None or big <= 1000:
-            add(name, judge(None), "")
-        elif t_big is None:
-            row = _compile_row(compile_rows, kind, big, HEADLINE)
-            if row is not None and row["status"] == "skipped":
-                evidence = f"cadence at {big} leaves: not run (a smaller count was over budget)"
-            else:
-                evidence = f"cadence at {big} leaves, seconds: {describe(row, budget)}"
-            add(name, "not met", evidence)
-        else:
-            growth = t_big / t_1k if t_1k else None
-            # Linear, with 20% slack for noise; "seconds" read as under a minute.
-            ok = growth is not None and growth <= 1.2 * big / 1000 and t_big < 60
-            add(
-                name,
-                judge(ok),
-                f"cadence {t_1k:.1f} s -> {t_big:.1f} s ({fmt(growth)}x for {big // 1000}x leaves)",
-            )
-
-    cad_rows = [r for r in steps if r["variant"] == HEADLINE and r["median_ms"] is not None]
+    cad_rows = [r for r in steps if r["variant"] in (HEADLINE, FLAT) and r["median_ms"] is not None]
     if cad_rows:
-        warned = [f"{r['shape']}/{r['optimizer']}" for r in cad_rows if r["donation_warnings"]]
-        copied = [f"{r['shape']}/{r['optimizer']}" for r in cad_rows if r["copies"]]
+        where = [f"{r['shape']}/{r['optimizer']}/{r['variant'][8:]}" for r in cad_rows]
+        warned = [w for w, r in zip(where, cad_rows, strict=True) if r["donation_warnings"]]
+        copied = [w for w, r in zip(where, cad_rows, strict=True) if r["copies"]]
         temp = max(cad_rows, key=lambda r: r["temp_bytes_per_param"] or 0)
         temp_val = temp["temp_bytes_per_param"] or 0
         ok = not warned and not copied and temp_val < 1.0
@@ -342,6 +303,73 @@ def targets(
         "this harness runs on one device; sharding needs a multi-device run",
     )
     return out
+
+
+def _speed_targets(add, judge, worst, summary, tag: str, prefix: str) -> None:
+    """Step-time targets for one cadence path (``cadence.step`` or ``cadence.flatten``)."""
+    for key, label in [
+        (f"{prefix}_over_optax", "step time <= optax (every shape, every optimizer)"),
+        (f"{prefix}_over_flatten", "step time <= optax.flatten (every shape, every optimizer)"),
+        (f"{prefix}_over_torch", "step time <= torch fused (every shape, every optimizer)"),
+    ]:
+        value, where = worst(key, summary)
+        n = sum(s[key] is not None for s in summary)
+        met = sum(s[key] is not None and s[key] <= 1.0 for s in summary)
+        evidence = f"{met}/{n} cases <= 1; worst {fmt(value)} ({where})" if n else ""
+        add(f"{label} [{tag}]", judge(None if value is None else value <= 1.0), evidence)
+
+    key = f"{prefix}_over_optax"
+    on_c = [s for s in summary if s["shape"] == "c" and s[key]]
+    name = f">= 2x faster than plain optax on (c) [{tag}]"
+    if on_c:
+        speedups = [(1 / s[key], s["optimizer"]) for s in on_c]
+        low, _ = min(speedups)
+        listing = ", ".join(f"{o} {x:.2f}x" for x, o in speedups)
+        add(name, judge(low >= 2.0), f"optax/cadence: {listing}")
+    else:
+        add(name, judge(None), "")
+
+
+def _compile_targets(add, judge, compile_rows, budget: float, tag: str, variant: str) -> None:
+    """Compile-time targets for one cadence path."""
+    for kind in ("adamw", "chain"):
+        cad = _compile_row(compile_rows, kind, 1000, variant)
+        opt = _compile_row(compile_rows, kind, 1000, "optax")
+        r = ratio(total_s(cad), total_s(opt))
+        if cad is None or opt is None:
+            add(f"compile at 1000 leaves <= 0.25x optax ({kind}) [{tag}]", judge(None), "")
+        elif r is None:
+            ok = None if cad["status"] == "ok" else False
+            evidence = f"cadence {describe(cad, budget)} s, optax {describe(opt, budget)} s"
+            add(f"compile at 1000 leaves <= 0.25x optax ({kind}) [{tag}]", judge(ok), evidence)
+        else:
+            add(
+                f"compile at 1000 leaves <= 0.25x optax ({kind}) [{tag}]",
+                judge(r <= 0.25),
+                f"{r:.2f} (cadence {total_s(cad):.1f} s, optax {total_s(opt):.1f} s)",
+            )
+        big = max((r["leaves"] for r in compile_rows if r["kind"] == kind), default=None)
+        t_big = total_s(_compile_row(compile_rows, kind, big, variant)) if big else None
+        t_1k = total_s(cad)
+        name = f"compile grows ~linearly, {big or 'many'} leaves in seconds ({kind}) [{tag}]"
+        if big is None or cad is None or big <= 1000:
+            add(name, judge(None), "")
+        elif t_big is None:
+            row = _compile_row(compile_rows, kind, big, variant)
+            if row is not None and row["status"] == "skipped":
+                evidence = f"cadence at {big} leaves: not run (a smaller count was over budget)"
+            else:
+                evidence = f"cadence at {big} leaves, seconds: {describe(row, budget)}"
+            add(name, "not met", evidence)
+        else:
+            growth = t_big / t_1k if t_1k else None
+            # Linear, with 20% slack for noise; "seconds" read as under a minute.
+            ok = growth is not None and growth <= 1.2 * big / 1000 and t_big < 60
+            add(
+                name,
+                judge(ok),
+                f"cadence {t_1k:.1f} s -> {t_big:.1f} s ({fmt(growth)}x for {big // 1000}x leaves)",
+            )
 
 
 def targets_table(rows: list[dict[str, Any]]) -> str:

@@ -60,7 +60,8 @@ def _row(stdout: str, variant: str) -> str:
 def test_quick_run_prints_every_library_and_writes_json(tmp_path):
     stdout, results = _run(tmp_path, ARGS)
     assert KEYS <= set(results)
-    for variant in ("cadence.step", "cadence", "optax", "optax (no donation)", "optax.flatten"):
+    variants = ("cadence.step", "cadence.flatten", "cadence", "optax", "optax (no donation)")
+    for variant in (*variants, "optax.flatten"):
         assert "n/a" not in _row(stdout, variant)
     torch_rows = [_row(stdout, f"torch ({m})") for m in ("for-loop", "foreach", "fused")]
     if _torch_importable():
@@ -76,14 +77,21 @@ def test_quick_run_prints_every_library_and_writes_json(tmp_path):
     step = next(r for r in steps if r["variant"] == "cadence.step")
     # One native kernel per leaf where the kernels build (this machine's CI does).
     assert step["custom_calls"] == (1 if _native_built() else 0)
+    flat = next(r for r in steps if r["variant"] == "cadence.flatten")
+    assert flat["custom_calls"] == step["custom_calls"] and flat["median_ms"] > 0
     assert results["bandwidth"]["a"]["gb_s"] > 0
     assert [s["optimizer"] for s in results["summary"]] == ["adamw"]
     assert results["memory"][0]["cadence"] == pytest.approx(8.0, abs=0.01)
     assert {(r["library"], r["kind"]) for r in results["compile"]} == {
-        (lib, kind) for lib in ("cadence.step", "cadence", "optax") for kind in ("adamw", "chain")
+        (lib, kind)
+        for lib in ("cadence.step", "cadence.flatten", "cadence", "optax")
+        for kind in ("adamw", "chain")
     }
     assert all(r["status"] == "ok" for r in results["compile"])
     assert {t["status"] for t in results["targets"]} <= {"met", "not met", "not measured"}
+    # Every step-time and compile target is judged for both cadence paths.
+    tags = [t["target"].rsplit("[", 1)[-1] for t in results["targets"] if "[" in t["target"]]
+    assert tags.count("step]") == tags.count("flatten]") > 0
     assert results["meta"]["versions"]["jax"]
 
 
