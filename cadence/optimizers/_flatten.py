@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _native
 from ._base import CHILD, Transformation, check_tree, dtype_of, field, path_str, transformation_type
 from ._optimizer import (
     Optimizer,
@@ -35,7 +36,6 @@ from ._optimizer import (
     native_call,
     native_fits,
     native_kernel,
-    on_cpu,
 )
 
 __all__ = ["FlattenState", "flatten"]
@@ -111,8 +111,7 @@ class flatten(Transformation):
     `step` (`update` works, through slices of the vectors).
 
     The vectors are replicated, not sharded like the parameters: `init`
-    refuses parameters split over several devices (keep those unflattened,
-    or use `shard_state`).
+    refuses parameters split over several devices (leave those unflattened).
 
     Args:
         tx: a cadence optimizer (`sgd`, `adam`, `adamw`, `rmsprop`,
@@ -314,7 +313,9 @@ class flatten(Transformation):
 
             ps = [jnp.asarray(run.params[k]) for k in ks]
             gs = [jnp.asarray(run.grads[k]) for k in ks]
-            new_ps, vecs = on_cpu(native, xla)(ps, gs, [vectors[n][seg] for n in order], scalars(i))
+            new_ps, vecs = _native.on_cpu(native, xla)(
+                ps, gs, [vectors[n][seg] for n in order], scalars(i)
+            )
             for k, p in zip(ks, new_ps, strict=True):
                 out[k] = p
             for n, v in zip(order, vecs, strict=True):

@@ -21,12 +21,23 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jaxlib
 
-__all__ = ["BUFFER", "CENTERED", "DECAY", "DECOUPLED", "NESTEROV", "SCALED", "available"]
+__all__ = [
+    "BUFFER",
+    "CENTERED",
+    "DECAY",
+    "DECOUPLED",
+    "NESTEROV",
+    "SCALED",
+    "available",
+    "on_cpu",
+]
 
 log = logging.getLogger("cadence")
 
@@ -51,6 +62,7 @@ SYMBOLS = {
     "cadence_adam": "CadenceAdam",
     "cadence_rmsprop": "CadenceRmsprop",
     "cadence_lion": "CadenceLion",
+    "cadence_norm_partials": "CadenceNormPartials",
 }
 
 
@@ -127,3 +139,24 @@ def available() -> bool:
         log.warning("cadence: building the CPU kernels failed; using XLA's loops:\n%s", detail)
         return False
     return True
+
+
+def on_cpu(native: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
+    """`native` where the program runs on a CPU, `xla` elsewhere; derivatives follow `xla`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from cadence.optimizers import _native
+        >>> double = _native.on_cpu(lambda x: x + x, lambda x: 2 * x)
+        >>> double(jnp.ones(2))
+        Array([2., 2.], dtype=float32)
+    """
+
+    def run(*args: Any) -> Any:
+        # Only a CPU has the kernels; another platform lowers XLA's loops.
+        return jax.lax.platform_dependent(*args, cpu=native, default=xla)
+
+    run = jax.custom_jvp(run)
+    # Derivatives (meta-learning through a step) follow XLA's formulation.
+    run.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
+    return run

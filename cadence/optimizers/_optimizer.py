@@ -136,19 +136,6 @@ def native_call(
     return list(out[:n]), list(out[n:])
 
 
-def on_cpu(native: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
-    """`native` where the program runs on a CPU, `xla` elsewhere; derivatives follow `xla`."""
-
-    def run(*args: Any) -> Any:
-        # Only a CPU has the kernels; another platform lowers XLA's loops.
-        return jax.lax.platform_dependent(*args, cpu=native, default=xla)
-
-    run = jax.custom_jvp(run)
-    # Derivatives (meta-learning through a step) follow XLA's formulation.
-    run.defjvp(lambda primals, tangents: jax.jvp(xla, primals, tangents))
-    return run
-
-
 def _leaf_step(
     opt: Optimizer,
     p: jax.Array,
@@ -170,7 +157,7 @@ def _leaf_step(
         (p,), new = native_call(kernel, [p], [g], [bufs[n] for n in order], s, [0])
         return p, dict(zip(order, new, strict=True))
 
-    return on_cpu(run, xla)(p, g, bufs, s)
+    return _native.on_cpu(run, xla)(p, g, bufs, s)
 
 
 def native_fits(

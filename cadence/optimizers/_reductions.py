@@ -29,9 +29,10 @@ from jax.custom_batching import custom_vmap
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from . import _native
 from ._base import float_dtype
 
-__all__ = ["finish", "leaf_partials", "partial_sum"]
+__all__ = ["finish", "leaf_partials", "native_partials", "partial_sum"]
 
 _AXIS = "cadence_devices"
 
@@ -155,6 +156,51 @@ def _combined(p: float) -> Any:
         return differentiable(*primals), tangent
 
     return differentiable
+
+
+# Leaves per native call (as in `flatten`: long operand lists compile slowly).
+_CHUNK = 16
+
+
+def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
+    """`partial_sum` of every leaf as one vector, by native calls on a one-device CPU.
+
+    None where the kernel does not apply (several devices, no kernels, a p
+    other than 1, 2 and inf, leaves other than float32 and float64). The sums
+    accumulate in float64, so they may differ from XLA's in the last bits.
+    """
+    out_dtype = jnp.dtype(float_dtype())
+    dtypes = {jnp.dtype(x.dtype) for x in leaves}
+    if (
+        not leaves
+        or p not in (1, 2, math.inf)
+        or not dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}
+        or any(jnp.promote_types(d, out_dtype) != out_dtype for d in dtypes)
+        or jax.device_count() != 1
+        or not _native.available()
+    ):
+        return None
+    kind = 0 if p == math.inf else int(p)
+    chunks: list[list[jax.Array]] = []
+    for x in leaves:
+        if chunks and chunks[-1][0].dtype == x.dtype and len(chunks[-1]) < _CHUNK:
+            chunks[-1].append(x)
+        else:
+            chunks.append([x])
+
+    def native(xs: list[jax.Array]) -> jax.Array:
+        call = jax.ffi.ffi_call(
+            "cadence_norm_partials",
+            jax.ShapeDtypeStruct((len(xs),), out_dtype),
+            vmap_method="sequential",
+        )
+        return call(*xs, kind=np.int64(kind))
+
+    def xla(xs: list[jax.Array]) -> jax.Array:
+        return jnp.stack([partial_sum(x, p) for x in xs])
+
+    run = _native.on_cpu(native, xla)
+    return jnp.concatenate([run(xs) for xs in chunks])
 
 
 def leaf_partials(leaves: Sequence[jax.Array], p: float) -> list[jax.Array]:

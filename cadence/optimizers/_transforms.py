@@ -33,7 +33,7 @@ from ._base import (
 from ._flatten import flatten
 from ._groups import evaluate
 from ._optimizer import Optimizer
-from ._reductions import finish, leaf_partials, partial_sum
+from ._reductions import finish, leaf_partials, native_partials, partial_sum
 
 __all__ = [
     "ChainState",
@@ -130,7 +130,9 @@ class chain(Transformation):
         `clip_by_global_norm` right before the optimizer hands it its
         coefficient, which the kernel applies to each gradient as it reads it:
         XLA's `update` recomputes that product in each loop and fuses it into a
-        multiply-add, so the two paths agree to float32 rounding.
+        multiply-add. On one CPU device the norm's per-leaf sums are native
+        calls too (float64 accumulation). The two paths agree to float32
+        rounding.
         """
         self._check_state(state, "step")
         if not self.txs:
@@ -146,7 +148,7 @@ class chain(Transformation):
             updates, s = tx.update(updates, s, params, **extra)
             new.append(s)
         if defer:
-            coef, s = head[-1]._coefficient(updates, state.inner[len(head) - 1])
+            coef, s = head[-1]._coefficient(updates, state.inner[len(head) - 1], native=True)
             new.append(s)
             params, s = last._step(updates, state.inner[-1], params, coef)
         else:
@@ -179,15 +181,23 @@ class ClipByGlobalNormState(NamedTuple):
     hyperparams: dict[str, Any]
 
 
-def global_norm(tree: Any, p: float = 2.0) -> jax.Array:
+def global_norm(tree: Any, p: float = 2.0, native: bool = False) -> jax.Array:
     """torch's total norm: the p-norm of the per-leaf p-norms (float32 or wider).
 
-    On a sharded tree the per-leaf sums travel in one all-reduce (see `leaf_partials`).
+    On a sharded tree the per-leaf sums travel in one all-reduce (see
+    `leaf_partials`). With `native`, a one-device CPU sums the leaves in
+    native calls of 16 leaves each (`native_partials`): XLA compiles one
+    reduction per leaf, most of a clipped step's compile time on a large
+    tree; the sums then round differently (float64 accumulation).
     """
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return as_float(0.0)
-    leaves = [jnp.asarray(g).astype(compute_dtype(jnp.result_type(g))) for g in leaves]
+    leaves = [jnp.asarray(g) for g in leaves]
+    sums = native_partials(leaves, p) if native else None
+    if sums is not None:
+        return as_float(finish(partial_sum(finish(sums, p), p), p))
+    leaves = [g.astype(compute_dtype(g.dtype)) for g in leaves]
     norms = [finish(s, p) for s in leaf_partials(leaves, p)]
     return as_float(finish(partial_sum(jnp.stack(norms), p), p))
 
@@ -251,10 +261,15 @@ class clip_by_global_norm(Transformation):
         )
         return clipped, state
 
-    def _coefficient(self, updates: Any, state: Any) -> tuple[jax.Array, ClipByGlobalNormState]:
-        """The factor `update` multiplies every gradient by, and the new state."""
+    def _coefficient(
+        self, updates: Any, state: Any, native: bool = False
+    ) -> tuple[jax.Array, ClipByGlobalNormState]:
+        """The factor `update` multiplies every gradient by, and the new state.
+
+        `native`: sum the gradients with the CPU kernels (`global_norm`).
+        """
         max_norm = evaluate(self.max_norm, state.count)
-        total = global_norm(updates, self.norm_type)
+        total = global_norm(updates, self.norm_type, native)
         coef = jnp.minimum(max_norm / (total + 1e-6), 1.0)
         return coef, ClipByGlobalNormState(increment(state.count), total, {"max_norm": max_norm})
 

@@ -42,7 +42,8 @@ NATIVE = {
 # product has two readers. Agreement is then to float32 rounding.
 ROUNDED_DIFFERENTLY = {"chain"}
 
-_NATIVE_CALL = re.compile(r"@cadence_\w+\(")
+_NATIVE_CALL = re.compile(r"@cadence_(?:sgd|adam|rmsprop|lion)\(")
+_NORM_CALL = re.compile(r"@cadence_norm_partials\(")
 _ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
 
 
@@ -94,11 +95,12 @@ def same_as_update(opt, dtype, steps=3):
     assert_same(ours, run(opt, dtype, method="update", jit=True, steps=steps))
 
 
-def native_calls(opt, params, **extra):
+def native_calls(opt, params, *, pattern=_NATIVE_CALL, **extra):
+    """How many optimizer kernels (or, with `pattern`, other native calls) a jitted step makes."""
     text = jax.jit(lambda g, s, p: opt.step(g, s, p, **extra)).lower(
         params, opt.init(params), params
     )
-    return len(_NATIVE_CALL.findall(text.as_text()))
+    return len(pattern.findall(text.as_text()))
 
 
 def _have_compiler() -> bool:
@@ -304,5 +306,47 @@ def test_chain_step_runs_the_last_optimizer_natively():
         pytest.skip("no native kernels here")
     opt = O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2))
     assert native_calls(opt, tree()) == 4
+    # The four leaves' norms: one call.
+    assert native_calls(opt, tree(), pattern=_NORM_CALL) == 1
     with pytest.raises(ValueError, match="chain.step: expected a ChainState"):
         opt.step(tree(), O.adamw(1e-2).init(tree()), tree())
+
+
+@pytest.mark.parametrize("norm_type", [1.0, 2.0, float("inf")])
+def test_native_norm_partials_match_xla(norm_type):
+    if not _native.available():
+        pytest.skip("no native kernels here")
+    from cadence.optimizers._transforms import global_norm
+
+    rng = np.random.default_rng(7)
+    # 40 leaves: three calls of at most 16; sizes cover the 8-lane remainder.
+    leaves = [
+        jnp.asarray(rng.standard_normal(n) * 10.0 ** (n % 5 - 2), jnp.float32) for n in range(1, 41)
+    ]
+    native = jax.jit(lambda t: global_norm(t, norm_type, native=True))
+    text = native.lower(leaves).as_text()
+    assert len(_NORM_CALL.findall(text)) == 3
+    ours, xla = native(leaves), jax.jit(lambda t: global_norm(t, norm_type))(leaves)
+    # float64 accumulation against XLA's float32 tree: a few float32 ulps at most.
+    np.testing.assert_allclose(ours, xla, rtol=3e-7 if norm_type != float("inf") else 0)
+    exact = np.linalg.norm(
+        [np.linalg.norm(np.asarray(x, np.float64), norm_type) for x in leaves], norm_type
+    )
+    assert abs(float(ours) - exact) <= abs(float(xla) - exact) + 1e-6 * exact
+    # A NaN anywhere makes the norm NaN (and clipping then poisons the step, as in torch).
+    leaves[20] = leaves[20].at[3].set(jnp.nan)
+    assert np.isnan(native(leaves))
+
+
+def test_native_norm_in_a_clipped_step_matches_update():
+    if not _native.available():
+        pytest.skip("no native kernels here")
+    opt = O.chain(O.clip_by_global_norm(0.5), O.sgd(0.1, momentum=0.9))
+    params = tree()
+    grads = gradients(1)
+    by_step = jax.jit(opt.step)(grads, opt.init(params), params)
+    updates, state = jax.jit(opt.update)(grads, opt.init(params), params)
+    np.testing.assert_allclose(by_step[1].inner[0].norm, state.inner[0].norm, rtol=1e-6)
+    applied = optax.apply_updates(params, updates)
+    for a, b in zip(jax.tree.leaves(by_step[0]), jax.tree.leaves(applied), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
