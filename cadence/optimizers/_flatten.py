@@ -154,7 +154,14 @@ class flatten(Transformation):
         if params is not None:
             check_tree(owner, grads, params, "params")
         leaves = jax.tree.leaves(params if params is not None else grads)
-        layout = _layout([jnp.shape(x) for x in leaves], self._buffer_dtypes(leaves))
+        dtypes = self._buffer_dtypes(leaves)
+        if params is None:
+            # The gradients' dtypes need not be the parameters': a state with
+            # one vector per buffer holds every leaf there.
+            kinds = {k for n in self.tx._buffer_names() for k in (getattr(state.inner, n) or {})}
+            if len(kinds) == 1:
+                dtypes = [kinds.pop()] * len(leaves)
+        layout = _layout([jnp.shape(x) for x in leaves], dtypes)
         for name in self.tx._buffer_names():
             vectors = getattr(state.inner, name)
             if vectors is None:
@@ -201,8 +208,8 @@ class flatten(Transformation):
 
     # ----------------------------------------------------------------- API
 
-    def init(self, params: Any) -> FlattenState:
-        """The inner optimizer's initial state, its buffers packed into vectors."""
+    def _check_shardings(self, params: Any) -> None:
+        """Refuse parameters split over several devices (their state would be gathered)."""
         for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
             sharding = getattr(p, "sharding", None)
             if (
@@ -216,6 +223,10 @@ class flatten(Transformation):
                     f"{len(sharding.device_set)} devices; flatten keeps the state in replicated "
                     "vectors, which would gather them (leave sharded parameters unflattened)"
                 )
+
+    def init(self, params: Any) -> FlattenState:
+        """The inner optimizer's initial state, its buffers packed into vectors."""
+        self._check_shardings(params)
         inner = self.tx.init(params)
         leaves = jax.tree.leaves(params)
         layout = _layout([jnp.shape(p) for p in leaves], self._buffer_dtypes(leaves))

@@ -95,6 +95,12 @@ def _init_placed(opt: Any, init: Callable[[Any], Any], params: Any) -> Any:
     spread = any(_is_spread(p) for p in leaves)
     if not spread and not isinstance(opt, shard_state):
         return init(params)
+    # Inside the jit below the parameters are tracers, which carry no
+    # sharding: transformations that depend on it check the arrays here.
+    checks = jax.tree.leaves(opt, is_leaf=lambda x: hasattr(x, "_check_shardings"))
+    for tx in checks:
+        if hasattr(tx, "_check_shardings"):
+            tx._check_shardings(params)
     param_shardings = [getattr(p, "sharding", None) for p in leaves]
     shardings = _shardings(opt, params, param_shardings)
     with _mesh_context(_mesh_of(opt, param_shardings)):

@@ -5,6 +5,7 @@ need several, which jax only reads from ``XLA_FLAGS`` before it starts.
 
     python -m tests.sharding.worker spmd                 # 2-D mesh checks, JSON on stdout
     python -m tests.sharding.worker zero                 # ZeRO-1 checks, JSON on stdout
+    python -m tests.sharding.worker flatten              # flatten on a mesh, JSON on stdout
     python -m tests.sharding.worker train DIR OUT START STOP [PROCESS_ID PORT]
 
 `train` runs steps START..STOP of the data x model training run on 8 devices:
@@ -379,6 +380,29 @@ def zero() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
+# flatten: refuses split parameters, takes replicated ones.
+
+
+def flatten() -> dict[str, Any]:
+    mesh = auto_mesh((2, 4), ("data", "model"))
+    host = host_params()
+    opt = O.flatten(O.adam(1e-2))
+    report: dict[str, Any] = {"sharded": None}  # init's error message
+    try:
+        opt.init(put(host, {k: NamedSharding(mesh, s) for k, s in SPECS.items()}))
+    except ValueError as e:
+        report["sharded"] = str(e)
+    # Replicated parameters: with several devices, XLA's slices of the vectors.
+    params = put(host, dict.fromkeys(host, NamedSharding(mesh, P())))
+    step = jax.jit(lambda o, g, s, p: o.step(g, s, p))
+    (p, s), (p_ref, s_ref) = (step(o, params, o.init(params), params) for o in (opt, opt.tx))
+    report["vector"] = {k: list(v.shape) for k, v in s.inner.mu.items()}
+    mu_ref = jnp.concatenate([x.ravel() for x in jax.tree.leaves(s_ref.mu)])
+    report["bitwise"] = bitwise((p, s.inner.mu["float32"]), (p_ref, mu_ref))
+    return report
+
+
+# --------------------------------------------------------------------------
 # train: the multi-process (or single-process reference) run with checkpoints.
 
 
@@ -422,9 +446,9 @@ def train(directory: str, out: str, start: int, stop: int) -> None:
 
 def main(argv: list[str]) -> int:
     command = argv[0]
-    if command in ("spmd", "zero"):
+    if command in ("spmd", "zero", "flatten"):
         assert jax.device_count() == 8, jax.devices()
-        report = spmd() if command == "spmd" else zero()
+        report = {"spmd": spmd, "zero": zero, "flatten": flatten}[command]()
         print(json.dumps(report))
         return 0
     if command == "train":
