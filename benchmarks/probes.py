@@ -11,6 +11,9 @@ Each probe prints one line of figures on the current JAX backend:
   sliced back per leaf: step time and compile time.
 - ``chunked``: AdamW on one large leaf as XLA compiles it against a single
   pass written as a loop over chunks updating the donated buffers in place.
+- ``boundary``: what each array passed into a jitted call, and each array
+  donated and returned, costs per call; and the compile time of a donated
+  identity with an AdamW step's signature as the leaves grow.
 
 Timings are medians of interleaved runs, like the main harness; run it with
 ``--threads 1`` semantics (the process is pinned to one CPU on Linux).
@@ -170,7 +173,42 @@ def chunked(size: int = _LARGE, chunk: int = _CHUNK, repeats: int = 15) -> str:
     )
 
 
-PROBES = {"siblings": siblings, "distinct": distinct, "flat": flat, "chunked": chunked}
+def boundary(n: int = 2000, counts: tuple[int, ...] = (1000, 5000), repeats: int = 9) -> str:
+    """What an array crossing the jit boundary costs: per call, and to compile."""
+    xs = [jnp.full((_LEAF,), float(i)) for i in range(n)]
+    taken = jax.jit(lambda xs: xs[0][0])
+    returned = jax.jit(lambda xs: list(xs), donate_argnums=0)
+    box = [returned(xs)]
+
+    def run_returned() -> None:
+        box[0] = returned(box[0])
+
+    runners = [
+        Runner("in", "jax", lambda: taken(box[0]), lambda: None),
+        Runner("out", "jax", run_returned, lambda: box[0][0].block_until_ready()),
+    ]
+    ms = _medians_ms(runners, repeats)
+    compiled = []
+    for count in counts:
+        # An AdamW step's signature: params, two moments (donated) and grads.
+        trees = [[jax.ShapeDtypeStruct((_LEAF,), jnp.float32)] * count] * 4
+        t = time.perf_counter()
+        jax.jit(lambda p, m, v, g: (p, m, v), donate_argnums=(0, 1, 2)).lower(*trees).compile()
+        compiled.append(f"{count} leaves ({4 * count} arrays in) {time.perf_counter() - t:.1f} s")
+    return (
+        f"boundary: {n} arrays of {_LEAF} into a jitted call {ms['in'] * 1e3 / n:.2f} us each, "
+        f"donated and returned {ms['out'] * 1e3 / n:.2f} us each; "
+        f"a donated identity with AdamW's signature compiles in " + ", ".join(compiled)
+    )
+
+
+PROBES = {
+    "siblings": siblings,
+    "distinct": distinct,
+    "flat": flat,
+    "chunked": chunked,
+    "boundary": boundary,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

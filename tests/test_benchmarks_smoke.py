@@ -130,5 +130,11 @@ def test_probes_run_and_report():
         r"chunked: AdamW on one leaf of 65,536: XLA's loops [\d.]+ ms; one chunked pass [\d.]+ ms",
         probes.chunked(1 << 16, 1 << 12, repeats=2),
     )
+    assert re.fullmatch(
+        r"boundary: 8 arrays of 1000 into a jitted call [\d.]+ us each, donated and returned "
+        r"[\d.]+ us each; a donated identity with AdamW's signature compiles in "
+        r"4 leaves \(16 arrays in\) [\d.]+ s",
+        probes.boundary(8, (4,), repeats=2),
+    )
     with pytest.raises(SystemExit):
         probes.main(["nonsense"])
