@@ -32,10 +32,10 @@ from . import _native
 from ._base import CHILD, Transformation, check_tree, dtype_of, field, path_str, transformation_type
 from ._optimizer import (
     Optimizer,
-    _xla_leaf_step,
     native_call,
     native_fits,
     native_kernel,
+    xla_leaf_step,
 )
 
 __all__ = ["FlattenState", "flatten"]
@@ -88,9 +88,9 @@ def _xla_flat_leaf(
     offset: Any,
     decay: bool,
 ) -> tuple[jax.Array, list[jax.Array]]:
-    """`_xla_leaf_step` on the leaf's slices of `vectors`, written back in place."""
+    """`xla_leaf_step` on the leaf's slices of `vectors`, written back in place."""
     bufs = {n: _slice(v, offset, p.shape) for n, v in zip(order, vectors, strict=True)}
-    p, new = _xla_leaf_step(opt, p, g, bufs, s, decay)
+    p, new = xla_leaf_step(opt, p, g, bufs, s, decay)
     vectors = [
         jax.lax.dynamic_update_slice(v, new[n].ravel(), (offset,))
         for n, v in zip(order, vectors, strict=True)

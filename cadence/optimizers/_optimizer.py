@@ -79,7 +79,7 @@ def _leaf_update(
     return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
 
 
-def _xla_leaf_step(
+def xla_leaf_step(
     opt: Optimizer,
     p: jax.Array,
     g: jax.Array,
@@ -144,8 +144,8 @@ def _leaf_step(
     s: dict[str, Any],
     decay: bool,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One leaf's new parameter and buffers: `_xla_leaf_step`, or one native loop."""
-    xla = functools.partial(_xla_leaf_step, opt, decay=decay)
+    """One leaf's new parameter and buffers: `xla_leaf_step`, or one native loop."""
+    xla = functools.partial(xla_leaf_step, opt, decay=decay)
     # The kernels take the buffers in the state's field order (a dict that
     # went through jit comes back with sorted keys).
     order = tuple(n for n in opt._buffer_names() if n in bufs)
