@@ -11,10 +11,11 @@ concatenates nothing at each step.
 
 `step` updates the vectors in place: on a one-device CPU, one native call per
 run of up to `_CHUNK` consecutive leaves that share their scalars (the
-kernels of `Optimizer.step`, reading each leaf's buffers at its offset);
-elsewhere and for configurations without a kernel, XLA slices each leaf's
-buffers out of the vectors and writes them back with
-``dynamic_update_slice``.
+kernels of `Optimizer.step`, reading each leaf's buffers at its offset).
+Elsewhere, and for a vector with a leaf that has no kernel, XLA slices each
+leaf's buffers out of the old vectors and writes the new ones into new
+vectors (`_assemble`): a copy of the vectors more than the unwrapped
+optimizer moves, so `flatten` pays off only where its kernels run.
 """
 
 from __future__ import annotations
@@ -78,6 +79,25 @@ def _slice(v: jax.Array, offset: Any, shape: tuple[int, ...]) -> jax.Array:
     return jax.lax.dynamic_slice(v, (offset,), (math.prod(shape),)).reshape(shape)
 
 
+def _assemble(like: jax.Array, pieces: Sequence[jax.Array], offsets: Sequence[int]) -> jax.Array:
+    """A new vector like `like` holding ``pieces[i].ravel()`` from ``offsets[i]``.
+
+    XLA's formulation of the whole vector's update: every piece is computed
+    from the old vector, and written into a new one (in place, one after the
+    other). Writing into the old vector instead would make XLA keep its old
+    values with a copy of the whole vector per leaf, since the fused loops
+    that read them are scheduled after the writes. Two-byte floats are
+    written as bits: XLA's CPU backend would compute a bfloat16 update in
+    float32, a pass over the whole vector each.
+    """
+    bits = jnp.uint16 if like.dtype.itemsize == 2 else like.dtype
+    out = jnp.zeros(like.shape, bits)
+    for x, offset in zip(pieces, offsets, strict=True):
+        x = jax.lax.bitcast_convert_type(x.ravel(), bits)
+        out = jax.lax.dynamic_update_slice(out, x, (offset,))
+    return jax.lax.bitcast_convert_type(out, like.dtype)
+
+
 def _xla_flat_leaf(
     opt: Optimizer,
     order: tuple[str, ...],
@@ -87,15 +107,10 @@ def _xla_flat_leaf(
     s: dict[str, Any],
     offset: Any,
     decay: bool,
-) -> tuple[jax.Array, list[jax.Array]]:
-    """`xla_leaf_step` on the leaf's slices of `vectors`, written back in place."""
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`xla_leaf_step` on the leaf's slices of `vectors`: its new parameter and buffers."""
     bufs = {n: _slice(v, offset, p.shape) for n, v in zip(order, vectors, strict=True)}
-    p, new = xla_leaf_step(opt, p, g, bufs, s, decay)
-    vectors = [
-        jax.lax.dynamic_update_slice(v, new[n].ravel(), (offset,))
-        for n, v in zip(order, vectors, strict=True)
-    ]
-    return p, vectors
+    return xla_leaf_step(opt, p, g, bufs, s, decay)
 
 
 @transformation_type
@@ -108,7 +123,9 @@ class flatten(Transformation):
     as they are. A jitted step then passes two arrays per leaf instead of
     four (AdamW), which on a CPU is most of the step's time for models with
     thousands of small leaves, and compiles several times faster. Use it with
-    `step` (`update` works, through slices of the vectors).
+    `step` on a CPU, for float32 or float64 parameters, where its kernels run
+    (`update`, and `step` elsewhere, work through slices of the vectors and
+    cost a copy of them more than `tx`).
 
     The vectors are replicated, not sharded like the parameters: `init`
     refuses parameters split over several devices (leave those unflattened).
@@ -192,18 +209,20 @@ class flatten(Transformation):
         return inner._replace(**fields)
 
     def _pack(self, old: Any, new: Any, layout: _Layout) -> Any:
-        """`new` (per-leaf buffers) written into `old`'s vectors, in place."""
+        """`new` (per-leaf buffers) packed into vectors like `old`'s."""
         fields = {}
         for name in self.tx._buffer_names():
             vectors = getattr(old, name)
             if vectors is None:
                 continue
-            vectors = dict(vectors)
+            pieces: dict[str, list[jax.Array]] = {k: [] for k in vectors}
+            offsets: dict[str, list[int]] = {k: [] for k in vectors}
             for x, seg, off in zip(
                 jax.tree.leaves(getattr(new, name)), layout.segments, layout.offsets, strict=True
             ):
-                vectors[seg] = jax.lax.dynamic_update_slice(vectors[seg], x.ravel(), (off,))
-            fields[name] = vectors
+                pieces[seg].append(x)
+                offsets[seg].append(off)
+            fields[name] = {k: _assemble(v, pieces[k], offsets[k]) for k, v in vectors.items()}
         return new._replace(**fields)
 
     # ----------------------------------------------------------------- API
@@ -266,6 +285,27 @@ class flatten(Transformation):
         del extra
         return self._step(grads, state, params, None)
 
+    def _chunks(
+        self, run: Any, order: tuple[str, ...], ks: list[int], groups: list[dict], layout: _Layout
+    ) -> list[tuple[Any, int, list[int]]] | None:
+        """The native calls for the leaves `ks` of one vector, or None if one has no kernel.
+
+        Each call takes up to `_CHUNK` consecutive leaves of one group.
+        """
+        chunks: list[tuple[Any, int, list[int]]] = []
+        for k in ks:
+            i = run.index[k]
+            p, g = jnp.asarray(run.params[k]), jnp.asarray(run.grads[k])
+            kernel = native_kernel(self.tx, order, groups[i], run.decays[i])
+            bufs = {n: run.buffers[n][k] for n in order}
+            if kernel is None or not native_fits(p, g, bufs, groups[i], kernel[1]):
+                return None
+            if chunks and chunks[-1][:2] == (kernel, i) and len(chunks[-1][2]) < _CHUNK:
+                chunks[-1][2].append(k)
+            else:
+                chunks.append((kernel, i, [k]))
+        return chunks
+
     def _step(self, grads: Any, state: Any, params: Any, scale: jax.Array | None) -> Any:
         """`step` on ``grads * scale`` (a clipping coefficient that `chain` defers here)."""
         owner = "flatten.step"
@@ -286,47 +326,48 @@ class flatten(Transformation):
         def scalars(i: int) -> dict[str, Any]:
             return run.scalars[i] if scale is None else run.scalars[i] | {"grad_scale": scale}
 
+        groups = [scalars(i) for i in range(len(run.scalars))]
+        ps = [jnp.asarray(p) for p in run.params]
+        gs = [jnp.asarray(g) for g in run.grads]
         out: list[Any] = [None] * len(gleaves)
-        # Consecutive leaves with one kernel, scalars and vector go in one call.
-        chunks: list[tuple[Any, list[int]]] = []
-        for k, (g, p, i) in enumerate(zip(run.grads, run.params, run.index, strict=True)):
-            p, g, s = jnp.asarray(p), jnp.asarray(g), scalars(i)
-            kernel = native_kernel(opt, order, s, run.decays[i])
-            bufs = {n: run.buffers[n][k] for n in order}
-            if kernel is not None and native_fits(p, g, bufs, s, kernel[1]):
-                key = (kernel, i, layout.segments[k])
-                if chunks and chunks[-1][0] == key and len(chunks[-1][1]) < _CHUNK:
-                    chunks[-1][1].append(k)
-                else:
-                    chunks.append((key, [k]))
-                continue
-            # No kernel for this leaf: XLA's loops on its slices.
-            seg = layout.segments[k]
-            out[k], vecs = leaf(
-                p, g, [vectors[n][seg] for n in order], s, layout.offsets[k], run.decays[i]
-            )
-            for n, v in zip(order, vecs, strict=True):
-                vectors[n][seg] = v
-
-        for (kernel, i, seg), ks in chunks:
+        for seg in dict.fromkeys(layout.segments):
+            ks = [k for k, name in enumerate(layout.segments) if name == seg]
             offsets = [layout.offsets[k] for k in ks]
-            decay = run.decays[i]
 
-            def native(ps, gs, vecs, s, kernel=kernel, offsets=offsets):
-                return native_call(kernel, ps, gs, vecs, s, offsets)
-
-            def xla(ps, gs, vecs, s, offsets=offsets, decay=decay):
-                new_ps = []
-                for p, g, off in zip(ps, gs, offsets, strict=True):
-                    p, vecs = leaf(p, g, vecs, s, off, decay)
+            def xla(ps, gs, vecs, groups, ks=ks, offsets=offsets):
+                new_ps, pieces = [], []
+                for p, g, k in zip(ps, gs, ks, strict=True):
+                    i = run.index[k]
+                    p, new = leaf(p, g, vecs, groups[i], layout.offsets[k], run.decays[i])
                     new_ps.append(p)
+                    pieces.append(new)
+                vecs = [
+                    _assemble(v, [new[n] for new in pieces], offsets)
+                    for n, v in zip(order, vecs, strict=True)
+                ]
                 return new_ps, vecs
 
-            ps = [jnp.asarray(run.params[k]) for k in ks]
-            gs = [jnp.asarray(run.grads[k]) for k in ks]
-            new_ps, vecs = _native.on_cpu(native, xla)(
-                ps, gs, [vectors[n][seg] for n in order], scalars(i)
-            )
+            chunks = self._chunks(run, order, ks, groups, layout)
+            args = ([ps[k] for k in ks], [gs[k] for k in ks], [vectors[n][seg] for n in order])
+            if chunks is None:
+                new_ps, vecs = xla(*args, groups)
+            else:
+
+                def native(ps, gs, vecs, groups, ks=ks, chunks=chunks):
+                    ps, gs = dict(zip(ks, ps, strict=True)), dict(zip(ks, gs, strict=True))
+                    for kernel, i, members in chunks:
+                        updated, vecs = native_call(
+                            kernel,
+                            [ps[k] for k in members],
+                            [gs[k] for k in members],
+                            vecs,
+                            groups[i],
+                            [layout.offsets[k] for k in members],
+                        )
+                        ps.update(zip(members, updated, strict=True))
+                    return [ps[k] for k in ks], vecs
+
+                new_ps, vecs = _native.on_cpu(native, xla)(*args, groups)
             for k, p in zip(ks, new_ps, strict=True):
                 out[k] = p
             for n, v in zip(order, vecs, strict=True):
