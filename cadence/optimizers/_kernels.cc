@@ -1,6 +1,9 @@
-// Single-pass CPU kernels for `Optimizer.step`: one loop per leaf that reads
-// the parameter, the gradient and each buffer once and writes the new
-// parameter and buffers in place (XLA aliases them to their inputs).
+// Single-pass CPU kernels for `Optimizer.step` and `flatten`: one loop per
+// leaf that reads the parameter, the gradient and each buffer once and writes
+// the new parameter and buffers in place (XLA aliases them to their inputs).
+// A call updates one leaf (`step`) or up to 16 whose buffers live at offsets
+// in shared vectors (`flatten`); `CadenceNormPartials` sums leaves for
+// clip_by_global_norm.
 //
 // XLA's CPU backend compiles the same update to one loop per output array
 // (AdamW: three, 40 bytes per float32 parameter instead of 28), and a custom
