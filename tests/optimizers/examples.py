@@ -34,6 +34,7 @@ TRANSFORMS: dict[str, O.Transformation] = {
     "accumulate": O.accumulate(O.sgd(0.1, momentum=0.9), 2),
     "skip_nonfinite": O.skip_nonfinite(O.adamw(0.01)),
     "reduce_on_plateau": O.reduce_on_plateau(O.rmsprop(0.01), patience=1, cooldown=1),
+    "flatten": O.flatten(O.adamw(0.01, groups={"*/b": {"weight_decay": 0.0}})),
 }
 
 EVERYTHING = OPTIMIZERS | TRANSFORMS
