@@ -160,14 +160,18 @@ def _combined(p: float) -> Any:
 
 # Leaves per native call (as in `flatten`: long operand lists compile slowly).
 _CHUNK = 16
+# Larger leaves are summed by XLA: its vectorized float32 reduction outruns
+# the kernel's float64 one, and a few large leaves cost little to compile.
+_NATIVE_MAX = 1 << 16
 
 
 def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
-    """`partial_sum` of every leaf as one vector, by native calls on a one-device CPU.
+    """`partial_sum` of every leaf as one vector, small leaves by native calls on a one-device CPU.
 
     None where the kernel does not apply (several devices, no kernels, a p
-    other than 1, 2 and inf, leaves other than float32 and float64). The sums
-    accumulate in float64, so they may differ from XLA's in the last bits.
+    other than 1, 2 and inf, leaves other than float32 and float64). The
+    kernel's sums accumulate in float64, so they may differ from XLA's in the
+    last bits.
     """
     out_dtype = jnp.dtype(float_dtype())
     dtypes = {jnp.dtype(x.dtype) for x in leaves}
@@ -181,12 +185,6 @@ def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
     ):
         return None
     kind = 0 if p == math.inf else int(p)
-    chunks: list[list[jax.Array]] = []
-    for x in leaves:
-        if chunks and chunks[-1][0].dtype == x.dtype and len(chunks[-1]) < _CHUNK:
-            chunks[-1].append(x)
-        else:
-            chunks.append([x])
 
     def native(xs: list[jax.Array]) -> jax.Array:
         call = jax.ffi.ffi_call(
@@ -200,7 +198,20 @@ def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
         return jnp.stack([partial_sum(x, p) for x in xs])
 
     run = _native.on_cpu(native, xla)
-    return jnp.concatenate([run(xs) for xs in chunks])
+    # Runs of small leaves of one dtype go to the kernel; a large leaf keeps
+    # XLA's reduction, which is faster there and costs one loop to compile.
+    parts: list[jax.Array] = []
+    chunk: list[jax.Array] = []
+    for x in [*leaves, None]:
+        small = x is not None and x.size <= _NATIVE_MAX
+        if chunk and (not small or x.dtype != chunk[0].dtype or len(chunk) == _CHUNK):
+            parts.append(run(chunk))
+            chunk = []
+        if small:
+            chunk.append(x)
+        elif x is not None:
+            parts.append(partial_sum(x, p)[None])
+    return jnp.concatenate(parts)
 
 
 def leaf_partials(leaves: Sequence[jax.Array], p: float) -> list[jax.Array]:

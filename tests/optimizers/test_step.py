@@ -320,13 +320,15 @@ def test_native_norm_partials_match_xla(norm_type):
     from cadence.optimizers._transforms import global_norm
 
     rng = np.random.default_rng(7)
-    # 40 leaves: three calls of at most 16; sizes cover the 8-lane remainder.
+    # 40 small leaves (sizes cover the 8-lane remainder) around one large one,
+    # which XLA sums: calls of at most 16 small leaves, 16 + 4 on each side.
     leaves = [
-        jnp.asarray(rng.standard_normal(n) * 10.0 ** (n % 5 - 2), jnp.float32) for n in range(1, 41)
+        jnp.asarray(rng.standard_normal(n) * 10.0 ** (n % 5 - 2), jnp.float32)
+        for n in [*range(1, 21), (1 << 16) + 1, *range(21, 41)]
     ]
     native = jax.jit(lambda t: global_norm(t, norm_type, native=True))
     text = native.lower(leaves).as_text()
-    assert len(_NORM_CALL.findall(text)) == 3
+    assert len(_NORM_CALL.findall(text)) == 4
     ours, xla = native(leaves), jax.jit(lambda t: global_norm(t, norm_type))(leaves)
     # float64 accumulation against XLA's float32 tree: a few float32 ulps at most.
     np.testing.assert_allclose(ours, xla, rtol=3e-7 if norm_type != float("inf") else 0)
@@ -335,7 +337,7 @@ def test_native_norm_partials_match_xla(norm_type):
     )
     assert abs(float(ours) - exact) <= abs(float(xla) - exact) + 1e-6 * exact
     # A NaN anywhere makes the norm NaN (and clipping then poisons the step, as in torch).
-    leaves[20] = leaves[20].at[3].set(jnp.nan)
+    leaves[30] = leaves[30].at[3].set(jnp.nan)
     assert np.isnan(native(leaves))
 
 
