@@ -185,7 +185,7 @@ def global_norm(tree: Any, p: float = 2.0, native: bool = False) -> jax.Array:
     """torch's total norm: the p-norm of the per-leaf p-norms (float32 or wider).
 
     On a sharded tree the per-leaf sums travel in one all-reduce (see
-    `leaf_partials`). With `native`, a one-device CPU sums the leaves in
+    `leaf_partials`). With `native`, a one-device CPU sums small leaves in
     native calls of 16 leaves each (`native_partials`): XLA compiles one
     reduction per leaf, most of a clipped step's compile time on a large
     tree; the sums then round differently (float64 accumulation).
