@@ -130,9 +130,9 @@ class chain(Transformation):
         `clip_by_global_norm` right before the optimizer hands it its
         coefficient, which the kernel applies to each gradient as it reads it:
         XLA's `update` recomputes that product in each loop and fuses it into a
-        multiply-add. On one CPU device the norm's per-leaf sums are native
-        calls too (float64 accumulation). The two paths agree to float32
-        rounding.
+        multiply-add. On one CPU device the norm's sums over small leaves are
+        native calls too (float64 accumulation). The two paths agree to
+        float32 rounding.
         """
         self._check_state(state, "step")
         if not self.txs:
