@@ -286,7 +286,13 @@ class flatten(Transformation):
         return self._step(grads, state, params, None)
 
     def _chunks(
-        self, run: Any, order: tuple[str, ...], ks: list[int], groups: list[dict], layout: _Layout
+        self,
+        run: Any,
+        order: tuple[str, ...],
+        ks: list[int],
+        ps: list[jax.Array],
+        gs: list[jax.Array],
+        groups: list[dict],
     ) -> list[tuple[Any, int, list[int]]] | None:
         """The native calls for the leaves `ks` of one vector, or None if one has no kernel.
 
@@ -295,10 +301,9 @@ class flatten(Transformation):
         chunks: list[tuple[Any, int, list[int]]] = []
         for k in ks:
             i = run.index[k]
-            p, g = jnp.asarray(run.params[k]), jnp.asarray(run.grads[k])
             kernel = native_kernel(self.tx, order, groups[i], run.decays[i])
             bufs = {n: run.buffers[n][k] for n in order}
-            if kernel is None or not native_fits(p, g, bufs, groups[i], kernel[1]):
+            if kernel is None or not native_fits(ps[k], gs[k], bufs, groups[i], kernel[1]):
                 return None
             if chunks and chunks[-1][:2] == (kernel, i) and len(chunks[-1][2]) < _CHUNK:
                 chunks[-1][2].append(k)
@@ -312,7 +317,7 @@ class flatten(Transformation):
         if params is None:
             raise TypeError(f"{owner}: params are required (step returns the new params)")
         inner, layout = self._check(owner, state, grads, params)
-        gleaves, treedef = jax.tree.flatten(grads)
+        treedef = jax.tree.structure(grads)
         opt = self.tx
         # Shapes stand in for the buffers: the kernels never slice the vectors.
         run = opt._prepare(owner, grads, self._views(inner, treedef, layout, abstract=True), params)
@@ -323,13 +328,10 @@ class flatten(Transformation):
             # Leaves of one shape share one trace (as in `Optimizer.update`).
             leaf = jax.jit(leaf, static_argnums=(5,))
 
-        def scalars(i: int) -> dict[str, Any]:
-            return run.scalars[i] if scale is None else run.scalars[i] | {"grad_scale": scale}
-
-        groups = [scalars(i) for i in range(len(run.scalars))]
+        groups = run.scaled(scale)
         ps = [jnp.asarray(p) for p in run.params]
         gs = [jnp.asarray(g) for g in run.grads]
-        out: list[Any] = [None] * len(gleaves)
+        out: list[Any] = [None] * len(run.grads)
         for seg in dict.fromkeys(layout.segments):
             ks = [k for k, name in enumerate(layout.segments) if name == seg]
             offsets = [layout.offsets[k] for k in ks]
@@ -347,7 +349,7 @@ class flatten(Transformation):
                 ]
                 return new_ps, vecs
 
-            chunks = self._chunks(run, order, ks, groups, layout)
+            chunks = self._chunks(run, order, ks, ps, gs, groups)
             args = ([ps[k] for k in ks], [gs[k] for k in ks], [vectors[n][seg] for n in order])
             if chunks is None:
                 new_ps, vecs = xla(*args, groups)

@@ -373,10 +373,10 @@ class Optimizer(Transformation):
         if params is None:
             raise TypeError(f"{owner}: params are required (step returns the new params)")
         run = self._prepare(owner, grads, state, params)
+        scalars = run.scaled(scale)
 
         def args(g: Any, p: Any, i: int) -> tuple[Any, ...]:
-            s = run.scalars[i] if scale is None else run.scalars[i] | {"grad_scale": scale}
-            return jnp.asarray(p), jnp.asarray(g), s, run.decays[i]
+            return jnp.asarray(p), jnp.asarray(g), scalars[i], run.decays[i]
 
         params, new = run.each(functools.partial(_leaf_step, self), args)
         return params, run.finish(state, new)
@@ -463,6 +463,10 @@ class _Run:
             for n in self.present:
                 new[n].append(bufs[n])
         return self.treedef.unflatten(out), new
+
+    def scaled(self, scale: jax.Array | None) -> list[dict[str, jax.Array]]:
+        """Each group's scalars, with a coefficient `chain` deferred from clip_by_global_norm."""
+        return self.scalars if scale is None else [s | {"grad_scale": scale} for s in self.scalars]
 
     def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
         return state._replace(
