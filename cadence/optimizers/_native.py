@@ -21,12 +21,14 @@ import platform
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jaxlib
+from jax.extend.core import Primitive, jaxpr_as_fun
+from jax.interpreters import batching, mlir
 
 __all__ = [
     "BUFFER",
@@ -141,8 +143,69 @@ def available() -> bool:
     return True
 
 
+class _Branch:
+    """A formulation carried as a primitive's parameter (hashed by identity)."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn, self.name = fn, name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _platforms(args: Sequence[Any]) -> set[str]:
+    found = {d.platform for x in args if isinstance(x, jax.Array) for d in x.devices()}
+    return found or {jax.default_backend()}
+
+
+def _impl(*args: Any, native: _Branch, xla: _Branch, out_avals: tuple[Any, ...]) -> list[Any]:
+    # Outside jit the formulations run op by op, on the arguments' platform.
+    del out_avals
+    fn = native if _platforms(args) == {"cpu"} else xla
+    return fn.fn(*args)
+
+
+def _abstract(*args: Any, native: _Branch, xla: _Branch, out_avals: tuple[Any, ...]) -> Any:
+    del args, native, xla
+    return out_avals
+
+
+def _lowering(branch: str) -> Callable[..., Any]:
+    def rule(ctx: Any, *args: Any, **params: Any) -> Any:
+        return mlir.lower_fun(params[branch].fn, multiple_results=True)(ctx, *args)
+
+    return rule
+
+
+def _batch(
+    args: Sequence[Any], dims: Sequence[Any], *, native: _Branch, xla: _Branch, **_: Any
+) -> tuple[Any, list[int]]:
+    # vmap both formulations; the native one runs its calls in sequence.
+    outs = on_cpu(jax.vmap(native.fn, in_axes=list(dims)), jax.vmap(xla.fn, in_axes=list(dims)))(
+        *args
+    )
+    return outs, [0] * len(outs)
+
+
+# One primitive, two lowerings: a CPU lowers the kernel calls and every other
+# platform XLA's formulation, and neither is traced where the other runs (as
+# `lax.platform_dependent` would trace both, doubling the cost of lowering).
+_on_cpu_p = Primitive("cadence_on_cpu")
+_on_cpu_p.multiple_results = True
+_on_cpu_p.def_impl(_impl)
+_on_cpu_p.def_abstract_eval(_abstract)
+mlir.register_lowering(_on_cpu_p, _lowering("xla"))
+mlir.register_lowering(_on_cpu_p, _lowering("native"), platform="cpu")
+batching.primitive_batchers[_on_cpu_p] = _batch
+
+
 def on_cpu(native: Callable[..., Any], xla: Callable[..., Any]) -> Callable[..., Any]:
     """`native` where the program runs on a CPU, `xla` elsewhere; derivatives follow `xla`.
+
+    Both take and return pytrees of arrays, and must not close over traced
+    values (pass those as arguments).
 
     Example:
         >>> import jax.numpy as jnp
@@ -153,8 +216,28 @@ def on_cpu(native: Callable[..., Any], xla: Callable[..., Any]) -> Callable[...,
     """
 
     def run(*args: Any) -> Any:
-        # Only a CPU has the kernels; another platform lowers XLA's loops.
-        return jax.lax.platform_dependent(*args, cpu=native, default=xla)
+        flat, tree = jax.tree.flatten(args)
+        out_tree: list[Any] = []
+
+        def flat_fn(fn: Callable[..., Any]) -> Callable[..., list[Any]]:
+            def call(*xs: Any) -> list[Any]:
+                leaves, treedef = jax.tree.flatten(fn(*jax.tree.unflatten(tree, xs)))
+                out_tree[:] = [treedef]
+                return leaves
+
+            return call
+
+        # The native formulation is traced once here (it is a few calls), for
+        # the output types; XLA's is traced only where it is lowered.
+        jaxpr = jax.make_jaxpr(flat_fn(native))(*flat)
+        (treedef,) = out_tree
+        outs = _on_cpu_p.bind(
+            *flat,
+            native=_Branch(jaxpr_as_fun(jaxpr), f"<native {getattr(native, '__name__', '')}>"),
+            xla=_Branch(flat_fn(xla), f"<xla {getattr(xla, '__name__', '')}>"),
+            out_avals=tuple(jaxpr.out_avals),
+        )
+        return jax.tree.unflatten(treedef, outs)
 
     run = jax.custom_jvp(run)
     # Derivatives (meta-learning through a step) follow XLA's formulation.

@@ -296,6 +296,40 @@ def test_other_platforms_lower_xla_loops():
     assert "stablehlo.sqrt" in exported.mlir_module()
 
 
+def _tell_apart():
+    """`on_cpu` over two formulations that give different numbers, counting XLA's traces."""
+    traced = []
+
+    def xla(x):
+        traced.append("xla")
+        return {"y": x + 2}
+
+    return _native.on_cpu(lambda x: {"y": x + 1}, xla), traced
+
+
+def test_on_cpu_traces_xla_only_where_it_lowers():
+    run, traced = _tell_apart()
+    x = jnp.zeros(3)
+    jax.jit(run).lower(x).compile()
+    assert traced == []  # a CPU lowers the native formulation alone
+    text = jax.jit(run).trace(x).lower(lowering_platforms=("cuda",)).as_text()
+    assert traced == ["xla"] and "2.0" in text
+    both = jax.export.export(jax.jit(run), platforms=["cpu", "cuda"])(x).mlir_module()
+    assert "1.0" in both and "2.0" in both
+
+
+def test_on_cpu_runs_native_everywhere_on_a_cpu():
+    run, traced = _tell_apart()
+    x = jnp.arange(3.0)
+    np.testing.assert_array_equal(run(x)["y"], x + 1)  # eagerly
+    np.testing.assert_array_equal(jax.jit(run)(x)["y"], x + 1)
+    np.testing.assert_array_equal(jax.vmap(run)(jnp.stack([x, x]))["y"], [x + 1, x + 1])
+    assert traced == []
+    # Derivatives follow XLA's formulation (here the same slope).
+    assert jax.grad(lambda x: run(x)["y"].sum())(x).tolist() == [1.0, 1.0, 1.0]
+    assert traced
+
+
 def test_step_needs_params():
     opt = O.sgd(0.1)
     with pytest.raises(TypeError, match="sgd.step: params are required"):
