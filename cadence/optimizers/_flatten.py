@@ -33,9 +33,10 @@ from . import _native
 from ._base import CHILD, Transformation, check_tree, dtype_of, field, path_str, transformation_type
 from ._optimizer import (
     Optimizer,
+    leaf_fits,
     native_call,
-    native_fits,
     native_kernel,
+    scalars_fit,
     xla_leaf_step,
 )
 
@@ -299,11 +300,17 @@ class flatten(Transformation):
         Each call takes up to `_CHUNK` consecutive leaves of one group.
         """
         chunks: list[tuple[Any, int, list[int]]] = []
+        # Every leaf of a group shares its scalars: check them once per group.
+        fits: dict[tuple[Any, ...], bool] = {}
         for k in ks:
             i = run.index[k]
             kernel = native_kernel(self.tx, order, groups[i], run.decays[i])
-            bufs = {n: run.buffers[n][k] for n in order}
-            if kernel is None or not native_fits(ps[k], gs[k], bufs, groups[i], kernel[1]):
+            if kernel is None or not leaf_fits(ps[k], gs[k], {n: run.buffers[n][k] for n in order}):
+                return None
+            key = (i, kernel, ps[k].dtype)
+            if key not in fits:
+                fits[key] = scalars_fit(groups[i], kernel[1], ps[k].dtype)
+            if not fits[key]:
                 return None
             if chunks and chunks[-1][:2] == (kernel, i) and len(chunks[-1][2]) < _CHUNK:
                 chunks[-1][2].append(k)

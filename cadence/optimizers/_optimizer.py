@@ -163,16 +163,19 @@ def _leaf_step(
 def native_fits(
     p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any], names: Sequence[str]
 ) -> bool:
-    """Whether the native kernel can take this leaf.
+    """Whether the native kernel can take this leaf: `leaf_fits` and `scalars_fit`."""
+    return leaf_fits(p, g, bufs) and scalars_fit(s, names, p.dtype)
+
+
+def leaf_fits(p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array]) -> bool:
+    """Whether a native kernel can take this leaf's arrays, in this process.
 
     The kernels take float32 parameters with float32 or bfloat16 state, and
     float64 with float64, computing in the parameter's dtype as
-    `_leaf_update` does; the scalars must have that dtype too (under x64,
-    float64 hyperparameters make XLA compute float32 leaves in float64).
-    bfloat16 parameters stay with XLA: where the CPU converts bfloat16 in
-    hardware, XLA's loops were the faster. With several devices XLA's
-    partitioner would gather a custom call's sharded operands, so those
-    processes use XLA too.
+    `_leaf_update` does. bfloat16 parameters stay with XLA: where the CPU
+    converts bfloat16 in hardware, XLA's loops were the faster. With several
+    devices XLA's partitioner would gather a custom call's sharded operands,
+    so those processes use XLA too.
     """
     dtype = p.dtype
     if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or g.shape != p.shape:
@@ -182,9 +185,16 @@ def native_fits(
         return False
     if any(b.dtype not in state or b.shape != p.shape for b in bufs.values()):
         return False
-    if any(jnp.shape(s[n]) != () or jnp.result_type(s[n]) != dtype for n in names):
-        return False
     return jax.device_count() == 1 and _native.available()
+
+
+def scalars_fit(s: dict[str, Any], names: Sequence[str], dtype: Any) -> bool:
+    """Whether a kernel computing in `dtype` can take a group's scalars `names`.
+
+    They must be scalars of that dtype: under x64, float64 hyperparameters
+    make XLA compute float32 leaves in float64.
+    """
+    return all(jnp.shape(s[n]) == () and jnp.result_type(s[n]) == dtype for n in names)
 
 
 class Optimizer(Transformation):

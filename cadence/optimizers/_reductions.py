@@ -186,32 +186,37 @@ def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
         return None
     kind = 0 if p == math.inf else int(p)
 
-    def native(xs: list[jax.Array]) -> jax.Array:
-        call = jax.ffi.ffi_call(
+    def call(xs: list[jax.Array]) -> jax.Array:
+        return jax.ffi.ffi_call(
             "cadence_norm_partials",
             jax.ShapeDtypeStruct((len(xs),), out_dtype),
             vmap_method="sequential",
-        )
-        return call(*xs, kind=np.int64(kind))
+        )(*xs, kind=np.int64(kind))
 
-    def xla(xs: list[jax.Array]) -> jax.Array:
-        return jnp.stack([partial_sum(x, p) for x in xs])
+    def native(chunks: list[list[jax.Array]]) -> list[jax.Array]:
+        return [call(xs) for xs in chunks]
 
-    run = _native.on_cpu(native, xla)
+    def xla(chunks: list[list[jax.Array]]) -> list[jax.Array]:
+        return [jnp.stack([partial_sum(x, p) for x in xs]) for xs in chunks]
+
     # Runs of small leaves of one dtype go to the kernel; a large leaf keeps
     # XLA's reduction, which is faster there and costs one loop to compile.
-    parts: list[jax.Array] = []
+    parts: list[jax.Array | None] = []
+    chunks: list[list[jax.Array]] = []
     chunk: list[jax.Array] = []
     for x in [*leaves, None]:
         small = x is not None and x.size <= _NATIVE_MAX
         if chunk and (not small or x.dtype != chunk[0].dtype or len(chunk) == _CHUNK):
-            parts.append(run(chunk))
+            chunks.append(chunk)
+            parts.append(None)
             chunk = []
         if small:
             chunk.append(x)
         elif x is not None:
             parts.append(partial_sum(x, p)[None])
-    return jnp.concatenate(parts)
+    # One formulation for every chunk: XLA's is traced only off a CPU.
+    sums = iter(_native.on_cpu(native, xla)(chunks) if chunks else [])
+    return jnp.concatenate([next(sums) if part is None else part for part in parts])
 
 
 def leaf_partials(leaves: Sequence[jax.Array], p: float) -> list[jax.Array]:
