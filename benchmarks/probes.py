@@ -13,7 +13,8 @@ Each probe prints one line of figures on the current JAX backend:
   pass written as a loop over chunks updating the donated buffers in place.
 - ``boundary``: what each array passed into a jitted call, and each array
   donated and returned, costs per call; and the compile time of a donated
-  identity with an AdamW step's signature as the leaves grow.
+  identity with an AdamW step's signature as the leaves grow (moments per
+  leaf, and as `flatten` holds them: two vectors).
 
 Timings are medians of interleaved runs, like the main harness; run it with
 ``--threads 1`` semantics (the process is pinned to one CPU on Linux).
@@ -188,17 +189,22 @@ def boundary(n: int = 2000, counts: tuple[int, ...] = (1000, 5000), repeats: int
         Runner("out", "jax", run_returned, lambda: box[0][0].block_until_ready()),
     ]
     ms = _medians_ms(runners, repeats)
-    compiled = []
+    per_leaf, flat = [], []
     for count in counts:
-        # An AdamW step's signature: params, two moments (donated) and grads.
-        trees = [[jax.ShapeDtypeStruct((_LEAF,), jnp.float32)] * count] * 4
-        t = time.perf_counter()
-        jax.jit(lambda p, m, v, g: (p, m, v), donate_argnums=(0, 1, 2)).lower(*trees).compile()
-        compiled.append(f"{count} leaves ({4 * count} arrays in) {time.perf_counter() - t:.1f} s")
+        leaves = [jax.ShapeDtypeStruct((_LEAF,), jnp.float32)] * count
+        vector = jax.ShapeDtypeStruct((count * _LEAF,), jnp.float32)
+        # An AdamW step's signature: params, two moments (donated) and grads;
+        # under `flatten` the moments are two vectors.
+        for out, state in ((per_leaf, leaves), (flat, vector)):
+            t = time.perf_counter()
+            identity = jax.jit(lambda p, m, v, g: (p, m, v), donate_argnums=(0, 1, 2))
+            identity.lower(leaves, state, state, leaves).compile()
+            out.append(f"{count} leaves {time.perf_counter() - t:.1f} s")
     return (
         f"boundary: {n} arrays of {_LEAF} into a jitted call {ms['in'] * 1e3 / n:.2f} us each, "
         f"donated and returned {ms['out'] * 1e3 / n:.2f} us each; "
-        f"a donated identity with AdamW's signature compiles in " + ", ".join(compiled)
+        f"a donated identity with AdamW's signature compiles in {', '.join(per_leaf)}; "
+        f"with flatten(AdamW)'s in {', '.join(flat)}"
     )
 
 
