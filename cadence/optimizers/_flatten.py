@@ -14,8 +14,10 @@ run of up to `_CHUNK` consecutive leaves that share their scalars (the
 kernels of `Optimizer.step`, reading each leaf's buffers at its offset).
 Elsewhere, and for a vector with a leaf that has no kernel, XLA slices each
 leaf's buffers out of the old vectors and writes the new ones into new
-vectors (`_assemble`): a copy of the vectors more than the unwrapped
-optimizer moves, so `flatten` pays off only where its kernels run.
+vectors (`_assemble`). On a CPU that program is slow (a copy of the donated
+vectors, a fresh vector written per step, and one loop compiled per leaf
+offset: 4.2x optax's AdamW step on a 148-leaf tree, 18 s to compile), so
+`flatten` pays off only where its kernels run.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class flatten(Transformation):
     thousands of small leaves, and compiles several times faster. Use it with
     `step` on a CPU, for float32 or float64 parameters, where its kernels run
     (`update`, and `step` elsewhere, work through slices of the vectors and
-    cost a copy of them more than `tx`).
+    are several times slower than `tx` on a CPU).
 
     The vectors are replicated, not sharded like the parameters: `init`
     refuses parameters split over several devices (leave those unflattened).
