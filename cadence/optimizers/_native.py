@@ -8,6 +8,10 @@ and the CPU (``$CADENCE_CACHE_DIR``, else ``$XDG_CACHE_HOME/cadence``, else
 renamed, so concurrent processes never load a half-written file. Without a
 compiler, or with ``CADENCE_NATIVE=0``, `step` uses XLA's loops instead: the
 same numbers, more memory traffic on CPU.
+
+`on_cpu` pairs a formulation that calls the kernels with XLA's: one primitive
+whose CPU lowering is the first and whose lowering everywhere else is the
+second, so each platform traces only the program it runs.
 """
 
 from __future__ import annotations
