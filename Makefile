@@ -30,13 +30,16 @@ test: lint
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q --nbmake notebooks
 
-# The parity references (test-only; `make bench` compares against torch too). torch is pinned to the CPU build that this
-# machine's package index serves; timm is installed without its torchvision
-# dependency, which has no CPU build here: the tests load timm's scheduler
-# modules directly.
+# The parity references (test-only; `make bench` compares against torch too):
+# torch, transformers, timm, schedulefree, bitsandbytes, and the client
+# frameworks flax and equinox. torch is pinned to the CPU build that this
+# machine's package index serves, and installed first so that bitsandbytes and
+# schedulefree find it; timm is installed without its torchvision dependency,
+# which has no CPU build here: the tests load timm's modules directly.
 references: $(VENV)/.test
 	$(BIN)/python -m pip install --quiet torch==2.13.0 transformers
 	$(BIN)/python -m pip install --quiet --no-deps timm
+	$(BIN)/python -m pip install --quiet schedulefree==1.4.1 bitsandbytes flax equinox
 
 bench: references
 	$(BIN)/python -m benchmarks
