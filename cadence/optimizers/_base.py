@@ -172,6 +172,12 @@ class Transformation(optax.GradientTransformationExtraArgs):
 
         return to_config(self)
 
+    def __ne__(self, other: object) -> bool:
+        # The dataclass defines only __eq__; without this, `!=` would fall
+        # through to the tuple base and compare the per-object forwarders.
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
     def __reduce__(self) -> tuple[Any, ...]:
         # The tuple items are forwarders bound to this object; rebuild from fields.
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -216,30 +222,41 @@ def transformation_type(cls: _T) -> _T:
     data = tuple(f.name for f in fields if f.metadata["kind"] not in _STATIC_KINDS)
     meta = tuple(f.name for f in fields if f.metadata["kind"] in _STATIC_KINDS)
     static_zero = frozenset(getattr(cls, "_static_zero", ()))
-    if not static_zero:
-        jax.tree_util.register_dataclass(cls, data_fields=list(data), meta_fields=list(meta))
-    else:
 
-        def flatten(obj: Any) -> tuple[list[tuple[Any, Any]], Any]:
-            children, names, zeros = [], [], []
-            for name in data:
-                value = getattr(obj, name)
-                if name in static_zero and is_zero(value):
-                    zeros.append((name, value))
-                else:
-                    children.append((jax.tree_util.GetAttrKey(name), value))
-                    names.append(name)
-            aux = (tuple(getattr(obj, n) for n in meta), tuple(names), tuple(zeros))
-            return children, aux
+    def flatten(obj: Any) -> tuple[list[tuple[Any, Any]], Any]:
+        children, names, zeros = [], [], []
+        for name in data:
+            value = getattr(obj, name)
+            if name in static_zero and is_zero(value):
+                zeros.append((name, value))
+            else:
+                children.append((jax.tree_util.GetAttrKey(name), value))
+                names.append(name)
+        aux = (tuple(getattr(obj, n) for n in meta), tuple(names), tuple(zeros))
+        return children, aux
 
-        def unflatten(aux: Any, children: Any) -> Any:
-            values, names, zeros = aux
-            fields = dict(zip(meta, values, strict=True)) | dict(zeros)
-            return cls(**fields, **dict(zip(names, children, strict=True)))
+    def unflatten(aux: Any, children: Any) -> Any:
+        values, names, zeros = aux
+        fields = dict(zip(meta, values, strict=True)) | dict(zeros)
+        return rebuild_unchecked(cls, fields | dict(zip(names, children, strict=True)))
 
-        jax.tree_util.register_pytree_with_keys(cls, flatten, unflatten)
+    jax.tree_util.register_pytree_with_keys(cls, flatten, unflatten)
     register(cls)
     return final(cls)
+
+
+def rebuild_unchecked(cls: type, fields: dict[str, Any]) -> Any:
+    """An instance of `cls` with these fields, as jax's tree utilities rebuild one.
+
+    No validation: jax, equinox and optax rebuild a transformation with
+    tracers, arrays, None, booleans or sentinels as its leaves (``eqx.partition``,
+    ``jax.tree.map(jnp.asarray, opt)``, vmap's axis trees), values a user's
+    constructor call would rightly refuse.
+    """
+    obj = Transformation.__new__(cls)
+    for name, value in fields.items():
+        set_field(obj, name, value)
+    return obj
 
 
 def register(cls: type) -> None:
@@ -262,22 +279,37 @@ def _is_number(x: Any) -> bool:
 
 
 def check_float(owner: str, name: str, x: Any, check: str) -> Any:
-    """Validate a concrete float against `check`; return it as a Python float."""
-    if isinstance(x, (bool, np.bool_, str, bytes)):
-        raise TypeError(f"{owner}: {name} must be a number, got {x!r}")
-    if _is_number(x):
-        x = float(x)
-        if math.isnan(x):
-            raise ValueError(f"{owner}: {name} must not be NaN")
-        if check in (NONNEG, UNIT) and not x >= 0:
-            raise ValueError(f"{owner}: {name} must be >= 0, got {x!r}")
-        if check == UNIT and not x < 1:
-            raise ValueError(f"{owner}: {name} must be in [0, 1), got {x!r}")
-        if math.isinf(x):
-            raise ValueError(f"{owner}: {name} must be finite, got {x!r}")
-    elif isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
-        if np.any(np.isnan(np.asarray(x))):
-            raise ValueError(f"{owner}: {name} must not be NaN")
+    """Validate a float hyperparameter against `check`; return it as a Python float.
+
+    A concrete 0-d NumPy or JAX array counts as the number it holds (frameworks
+    that keep the optimizer as static data, such as ``nnx.Optimizer``, refuse
+    arrays there); a tracer (under `jit` or `vmap`) stays as it is.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return x
+    if isinstance(x, (np.ndarray, np.generic, jax.Array)) and not isinstance(x, np.bool_):
+        if np.shape(x) != () or not jnp.issubdtype(x.dtype, jnp.number):
+            raise TypeError(f"{owner}: {name} must be a number (or a 0-d array), got {x!r}")
+        if np.iscomplexobj(x):
+            raise TypeError(f"{owner}: {name} must be a real number, got {x!r}")
+        x = np.asarray(x)
+        # A float32 array holds 1e-3 as 0.0010000000474974513: keep the number
+        # its dtype prints (the same float32), as the user wrote it.
+        narrow = jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize <= 4
+        x = float(str(x.astype(np.float32))) if narrow else float(x)
+    if not _is_number(x):
+        raise TypeError(
+            f"{owner}: {name} must be a number, a schedule or a callable of the step, got {x!r}"
+        )
+    x = float(x)
+    if math.isnan(x):
+        raise ValueError(f"{owner}: {name} must not be NaN")
+    if check in (NONNEG, UNIT) and not x >= 0:
+        raise ValueError(f"{owner}: {name} must be >= 0, got {x!r}")
+    if check == UNIT and not x < 1:
+        raise ValueError(f"{owner}: {name} must be in [0, 1), got {x!r}")
+    if math.isinf(x):
+        raise ValueError(f"{owner}: {name} must be finite, got {x!r}")
     return x
 
 
@@ -303,11 +335,28 @@ def check_dtype(owner: str, name: str, x: Any) -> str | None:
         raise TypeError(f"{owner}: {name} must be a dtype or None, got {x!r}") from e
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{owner}: {name} must be a floating dtype, got {dtype.name}")
+    if dtype.itemsize < 2:
+        # An 8-bit float holds squared gradients only between about 1e-3 and
+        # 448 (float8_e4m3fn): a second moment underflows to 0 and the update
+        # divides by eps alone.
+        raise ValueError(
+            f"{owner}: {name} {dtype.name} cannot hold second moments (its range is too "
+            "narrow); use bfloat16, float16, float32 or float64"
+        )
     return dtype.name
 
 
 def check_int(obj: Any, name: str, *, minimum: int) -> None:
+    """A static count: an integer (not a bool) in [minimum, 2**31 - 1] (the int32 state)."""
+    x = getattr(obj, name)
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{type(obj).__name__}: {name} must be an integer, got {x!r}")
     SB.check_int(obj, name, minimum=minimum)
+    if getattr(obj, name) > INT32_MAX:
+        raise ValueError(
+            f"{type(obj).__name__}: {name} must be <= {INT32_MAX} (2**31 - 1, the int32 "
+            f"counters' limit), got {x!r}"
+        )
 
 
 def check_choice(obj: Any, name: str, choices: Sequence[str]) -> None:
@@ -325,11 +374,16 @@ def as_transformation(owner: str, name: str, tx: Any) -> Any:
 
     if isinstance(tx, (Transformation, foreign)):
         return tx
+    if isinstance(tx, type) or (callable(tx) and not hasattr(tx, "init")):
+        # `O.skip_nonfinite(O.adam)`: the class (or an optax factory), not an optimizer.
+        raise TypeError(
+            f"{owner}: {name} must be a gradient transformation, got {tx!r}; "
+            f"call it to build one (e.g. {getattr(tx, '__name__', 'adam')}(...))"
+        )
     if callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)):
         return foreign(tx)
-    if isinstance(tx, (numbers.Number, str, bytes, Sequence, Callable, type(None))):
-        raise TypeError(f"{owner}: {name} must be a gradient transformation, got {tx!r}")
-    return tx  # a placeholder from a jax tree utility
+    hint = "; build it with from_config" if isinstance(tx, dict) else ""
+    raise TypeError(f"{owner}: {name} must be a gradient transformation, got {tx!r}{hint}")
 
 
 # --------------------------------------------------------------------------
@@ -350,7 +404,8 @@ def increment(count: jax.Array) -> jax.Array:
 
 def dtype_of(x: Any) -> jnp.dtype:
     """The dtype of an array, a `jax.ShapeDtypeStruct` or a Python number."""
-    return x.dtype if hasattr(x, "dtype") else jnp.result_type(x)
+    # Canonical: a NumPy float64 array is float32 to jax unless x64 is on.
+    return jax.dtypes.canonicalize_dtype(x.dtype if hasattr(x, "dtype") else jnp.result_type(x))
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:
@@ -399,6 +454,7 @@ def check_tree(owner: str, grads: Any, reference: Any, what: str) -> None:
                     f"{owner}: grads at {_show(path)} have shape {np.shape(g)}, but "
                     f"{what} has shape {np.shape(r)} there"
                 )
+            _check_complex(owner, path, g, r, what)
         return
     gpaths = [p for p, _ in gl]
     rpaths = [p for p, _ in rl]
@@ -420,6 +476,19 @@ def check_tree(owner: str, grads: Any, reference: Any, what: str) -> None:
     raise ValueError(
         f"{owner}: grads do not match {what}: same paths, different containers ({gdef} vs {rdef})"
     )
+
+
+def _check_complex(owner: str, path: Any, g: Any, r: Any, what: str) -> None:
+    """Complex gradients on real parameters: refuse, instead of dropping their imaginary part."""
+    if not hasattr(g, "dtype") or not hasattr(r, "dtype"):
+        return
+    if jnp.issubdtype(g.dtype, jnp.complexfloating) and not jnp.issubdtype(
+        r.dtype, jnp.complexfloating
+    ):
+        raise ValueError(
+            f"{owner}: grads at {_show(path)} are complex ({g.dtype}) but {what} is real "
+            f"({r.dtype}) there; pass real gradients (e.g. jnp.real(g))"
+        )
 
 
 def zeros_like_output(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -25,6 +25,7 @@ from ._base import (
     compute_dtype,
     field,
     increment,
+    rebuild_unchecked,
     register,
     set_field,
     transformation_type,
@@ -169,7 +170,12 @@ class chain(Transformation):
         return (chain, self.txs)
 
 
-jax.tree_util.register_pytree_node(chain, lambda c: (c.txs, None), lambda _, txs: chain(*txs))
+jax.tree_util.register_pytree_node(
+    chain,
+    lambda c: (c.txs, None),
+    # Rebuilt unchecked: tree utilities put placeholders where a subtree was.
+    lambda _, txs: rebuild_unchecked(chain, {"txs": tuple(txs)}),
+)
 register(chain)
 
 
