@@ -148,7 +148,8 @@ __attribute__((noinline)) void Adam(const Leaf<C, S>& x, int64_t flags) {
     if (decay && !decoupled) gi = gi + wd * pi;
     const C mo = Load(mu[i]);
     const C m = Keep<S>(mo + omb1 * (gi - mo));
-    const C v = Keep<S>(b2 * Load(nu[i]) + omb2 * (gi * gi));
+    // torch's addcmul_ order: (1 - b2) * g first, so g * g cannot overflow alone.
+    const C v = Keep<S>(b2 * Load(nu[i]) + (omb2 * gi) * gi);
     mu[i] = Store<S>(m);
     nu[i] = Store<S>(v);
     C u = (nstep * m) / (std::sqrt(v) * rbc2 + eps);
@@ -174,7 +175,7 @@ __attribute__((noinline)) void RmspropLoop(const Leaf<C, S>& x, bool decay) {
     const C pi = p[i];
     C gi = x.template grad<Scaled>(i);
     if (decay) gi = gi + wd * pi;
-    const C s2 = Keep<S>(alpha * Load(sq[i]) + oma * (gi * gi));
+    const C s2 = Keep<S>(alpha * Load(sq[i]) + (oma * gi) * gi);
     sq[i] = Store<S>(s2);
     C avg;
     if constexpr (Centered) {

@@ -227,7 +227,9 @@ class _Adam(Optimizer):
         if p is not None and not self._decoupled:
             g = g + s["weight_decay"] * p
         mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
-        nu = keep("nu", s["b2"] * bufs["nu"] + s["1-b2"] * (g * g))
+        # torch's addcmul_ order, (1 - b2) * g first: g * g alone overflows
+        # float32 from |g| = 1.8e19, (1 - b2) * g * g only from 5.8e20.
+        nu = keep("nu", s["b2"] * bufs["nu"] + (s["1-b2"] * g) * g)
         new = {"mu": mu, "nu": nu}
         if "nu_max" in bufs:
             # torch keeps the max of the raw second moment and bias-corrects it
@@ -407,7 +409,8 @@ class rmsprop(Optimizer):
     def _kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
-        square_avg = keep("square_avg", s["alpha"] * bufs["square_avg"] + s["1-alpha"] * (g * g))
+        # (1 - alpha) * g first, as torch's addcmul_ (see `_Adam._kernel`).
+        square_avg = keep("square_avg", s["alpha"] * bufs["square_avg"] + (s["1-alpha"] * g) * g)
         new = {"square_avg": square_avg}
         if "grad_avg" in bufs:
             grad_avg = new["grad_avg"] = keep("grad_avg", lerp(bufs["grad_avg"], g, s["1-alpha"]))
