@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import sys
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any, final
+from typing import Any, ClassVar, final
 
 import jax
 
@@ -157,12 +158,46 @@ def _unflatten(aux: Any, leaves: Any) -> Groups:
 jax.tree_util.register_pytree_node(Groups, _flatten, _unflatten)
 
 
+def is_variable(x: Any) -> bool:
+    """Whether `x` wraps a parameter's value, as flax NNX's ``Variable`` does.
+
+    ``nnx.Optimizer`` calls ``init`` on a tree of Variables (whose paths end in
+    ``.../bias/value``) and ``update`` on the plain arrays (``.../bias``); a
+    Variable's own key is not part of the parameter's path, so one pattern
+    means the same parameter in both calls. Recognised by its interface, so
+    that flax stays an optional client.
+    """
+    return callable(getattr(x, "get_value", None)) and callable(getattr(x, "set_value", None))
+
+
+def leaf_paths(tree: Any) -> list[str]:
+    """Every leaf's '/'-joined path, without the key of a Variable that holds it."""
+    out = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]:
+        out += [path_str(path)] * (len(jax.tree.leaves(x)) if is_variable(x) else 1)
+    return out
+
+
+# Packages whose frames a warning skips to point at the user's line.
+_LIBRARIES = frozenset({"cadence", "jax", "jaxlib", "flax", "optax", "equinox", "orbax"})
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that points a warning, issued by the caller, at the user's code."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
+        _LIBRARIES
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def assign(owner: str, groups: Groups | None, tree: Any, *, warn: bool = False) -> list[int]:
     """The group of each leaf of `tree`: 0 for the default, i + 1 for pattern i.
 
     With `warn`, a pattern that claims no leaf raises a UserWarning naming it.
     """
-    paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    paths = leaf_paths(tree)
     if groups is None:
         return [0] * len(paths)
     out = []
@@ -180,7 +215,10 @@ def assign(owner: str, groups: Groups | None, tree: Any, *, warn: bool = False) 
             if n == 0:
                 shadowed = any(matches(pattern, p) for p in paths)
                 why = "only parameters an earlier pattern took" if shadowed else "no parameter"
-                warnings.warn(f"{owner}: group pattern {pattern!r} matches {why}", stacklevel=3)
+                warnings.warn(
+                    f"{owner}: group pattern {pattern!r} matches {why}",
+                    stacklevel=user_stacklevel(),
+                )
     return out
 
 
@@ -203,9 +241,53 @@ def group_values(
     return out
 
 
-def record(values: list[dict[str, jax.Array]], groups: Groups | None) -> dict[str, Any]:
+class Record(dict):
+    """A state's record of hyperparameter values: a dict where optax's names find cadence's.
+
+    ``record["learning_rate"]``, ``"learning_rate" in record`` and so
+    ``optax.tree_utils.tree_get(state, "learning_rate")`` find ``lr``, which is
+    stored once. As a pytree it keeps its insertion order (a dict's is sorted),
+    so the group patterns stay in their first-match order through `jit`.
+    """
+
+    ALIASES: ClassVar[dict[str, str]] = {"learning_rate": "lr"}
+
+    def _key(self, key: Any) -> Any:
+        if not dict.__contains__(self, key) and key in self.ALIASES:
+            return self.ALIASES[key]
+        return key
+
+    def __getitem__(self, key: Any) -> Any:
+        return dict.__getitem__(self, self._key(key))
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, self._key(key))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+
+jax.tree_util.register_pytree_with_keys(
+    Record,
+    lambda r: ([(jax.tree_util.DictKey(k), v) for k, v in r.items()], tuple(r)),
+    lambda keys, values: Record(zip(keys, values, strict=True)),
+)
+
+
+def record(values: list[dict[str, jax.Array]], groups: Groups | None) -> Record:
     """The state's record of the hyperparameters used: by name, then by group pattern."""
     if groups is None:
-        return dict(values[0])
+        return Record(values[0])
     keys = (DEFAULT, *groups.patterns)
-    return {name: {k: v[name] for k, v in zip(keys, values, strict=True)} for name in values[0]}
+    return Record(
+        (name, Record((k, v[name]) for k, v in zip(keys, values, strict=True)))
+        for name in values[0]
+    )
+
+
+def pick(values: Mapping[str, Any], path: str) -> Any:
+    """From a record's ``{pattern: value}``, the value of the parameter at `path` (first match)."""
+    for pattern, value in values.items():
+        if pattern != DEFAULT and matches(pattern, path):
+            return value
+    return values[DEFAULT]

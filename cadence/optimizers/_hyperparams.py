@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from ._groups import DEFAULT
+from ._groups import DEFAULT, Record, pick
 from ._wrappers import ReduceOnPlateauState
 
 __all__ = ["hyperparams"]
@@ -17,25 +17,36 @@ __all__ = ["hyperparams"]
 _INNER = ("inner", "inner_state", "inner_opt_state")
 
 
-def hyperparams(state: Any) -> dict[str, Any]:
+def hyperparams(state: Any, path: str | None = None) -> Record:
     """The hyperparameter values used by the last update, by argument name.
 
     Looks through `chain`, `accumulate`, `skip_nonfinite`, `reduce_on_plateau`
-    (whose lr scale it applies to ``lr``), and optax's `chain`, `MultiSteps`
-    and `inject_hyperparams`. Where an optimizer has parameter groups, each
-    value is a dict by group pattern, with the unmatched parameters under
-    ``"default"``. Before the first update it gives the values the first update
-    will use. The values are arrays in the state, so this works inside `jit`.
+    (whose lr scale it applies to ``lr``), and optax's `chain`, `MultiSteps`,
+    `masked`, `inject_hyperparams`, `multi_transform` (values by label:
+    ``{"lr": {label: value}}``) and `contrib.reduce_on_plateau` placed after
+    the optimizer (its scale applied to ``lr``). Where an optimizer has
+    parameter groups, each value is a dict by group pattern, with the
+    unmatched parameters under ``"default"``; pass `path` to get, always, one
+    value per name: the one the parameter at that path used. Before the first
+    update it gives the values the first update will use. The values are
+    arrays in the state, so this works inside `jit`. optax's name
+    ``"learning_rate"`` finds ``lr`` too.
 
     Args:
         state: an optimizer state.
+        path: a parameter's path, joined with '/' (e.g. ``"encoder/w"``); the
+            values are then that parameter's, scalars whether or not the
+            optimizer has groups.
 
     Returns:
         ``{name: value}``, e.g. ``{"lr": ..., "b1": ..., "b2": ..., "eps": ...,
         "weight_decay": ...}`` for `adam`.
 
     Raises:
-        ValueError: if two transformations in the state report the same name.
+        ValueError: if two transformations in the state report the same name,
+            if optax's `reduce_on_plateau` comes before the optimizer (it then
+            scales the gradients, not the lr), or if `path` is given for a
+            `multi_transform` state (its labels are not in the state).
 
     Example:
         >>> import jax.numpy as jnp
@@ -47,9 +58,13 @@ def hyperparams(state: Any) -> dict[str, Any]:
         ...     _, state = opt.update(jnp.ones(2), state, params)
         >>> {k: round(float(v), 6) for k, v in O.hyperparams(state).items()}
         {'max_norm': 1.0, 'lr': 0.08, 'momentum': 0.0, 'dampening': 0.0, 'weight_decay': 0.0}
+        >>> grouped = O.adamw(0.1, groups={"b": {"lr": 0.01}})
+        >>> state = grouped.init({"w": jnp.zeros(2), "b": jnp.zeros(2)})
+        >>> float(O.hyperparams(state, path="b")["lr"]), float(O.hyperparams(state, "w")["lr"])
+        (0.01, 0.1)
     """
-    out: dict[str, Any] = {}
-    _collect(state, out)
+    out = Record()
+    _collect(state, out, path)
     return out
 
 
@@ -68,21 +83,74 @@ def _merge(out: dict[str, Any], new: dict[str, Any]) -> None:
         out[name] = value
 
 
-def _collect(state: Any, out: dict[str, Any]) -> None:
+def _is_optax_plateau(state: Any) -> bool:
+    """optax.contrib.reduce_on_plateau's state (it scales every update after it)."""
+    return type(state).__name__ == "ReduceLROnPlateauState" and {"scale", "plateau_count"} <= set(
+        getattr(state, "_fields", ())
+    )
+
+
+def _scaled_lr(found: dict[str, Any], scale: Any) -> None:
+    if "lr" in found:
+        found["lr"] = jax.tree.map(lambda lr: lr * scale, found["lr"])
+
+
+def _collect(state: Any, out: dict[str, Any], path: str | None) -> None:
     if isinstance(state, ReduceOnPlateauState):
         inner: dict[str, Any] = {}
-        _collect(state.inner, inner)
-        if "lr" in inner:
-            inner["lr"] = jax.tree.map(lambda lr: lr * state.last_scale, inner["lr"])
+        _collect(state.inner, inner, path)
+        _scaled_lr(inner, state.last_scale)
         _merge(out, inner)
         return
     if isinstance(state, tuple) and hasattr(state, "_fields"):
-        recorded = getattr(state, "hyperparams", None)
-        if isinstance(recorded, dict):
-            _merge(out, recorded)
+        own: dict[str, Any] = {}
         for name in _INNER:
             if name in state._fields:
-                _collect(getattr(state, name), out)
+                _collect(getattr(state, name), own, path)
+        per_label = getattr(state, "inner_states", None)
+        if isinstance(per_label, dict):
+            _merge(own, _by_label(per_label, path))
+        recorded = getattr(state, "hyperparams", None)
+        if isinstance(recorded, dict):
+            if path is not None:
+                recorded = {
+                    k: pick(v, path) if isinstance(v, dict) else v for k, v in recorded.items()
+                }
+            # optax's inject_hyperparams records the values it passed to the
+            # optimizer inside, which reports them itself.
+            _merge(own, {k: v for k, v in recorded.items() if k not in own})
+        _merge(out, own)
     elif isinstance(state, (tuple, list)):
+        # A chain: optax's reduce_on_plateau scales the updates of what precedes it.
+        found: dict[str, Any] = {}
+        scales_gradients = False
         for s in state:
-            _collect(s, out)
+            if not _is_optax_plateau(s):
+                _collect(s, found, path)
+            elif "lr" in found:
+                _scaled_lr(found, s.scale)
+            else:
+                scales_gradients = True
+        if scales_gradients and "lr" in found:
+            raise ValueError(
+                "hyperparams: optax.contrib.reduce_on_plateau comes before the optimizer, "
+                "where it scales the gradients, not the learning rate; put it after the "
+                "optimizer, or use O.reduce_on_plateau(opt)"
+            )
+        _merge(out, found)
+
+
+def _by_label(states: dict[str, Any], path: str | None) -> dict[str, dict[str, Any]]:
+    """optax.multi_transform's states: ``{name: {label: value}}``."""
+    if path is not None:
+        raise ValueError(
+            "hyperparams: a multi_transform state holds values per label, and the labels of "
+            "parameters are not in the state; call hyperparams(state) without path"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for label, s in states.items():
+        found: dict[str, Any] = {}
+        _collect(s, found, None)
+        for name, value in found.items():
+            out.setdefault(name, {})[label] = value
+    return out

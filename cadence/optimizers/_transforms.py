@@ -180,9 +180,14 @@ register(chain)
 
 
 class ClipByGlobalNormState(NamedTuple):
-    """`clip_by_global_norm` state: the count, the last total norm (before clipping)."""
+    """`clip_by_global_norm` state: the updates so far, the last total norm (before clipping).
 
-    count: jax.Array
+    Not named ``count``: in ``chain(clip_by_global_norm(...), adamw(...))``,
+    ``optax.tree_utils.tree_get(state, "count")`` finds the optimizer's step,
+    as in an optax chain.
+    """
+
+    steps: jax.Array
     norm: jax.Array
     hyperparams: dict[str, Any]
 
@@ -274,16 +279,16 @@ class clip_by_global_norm(Transformation):
 
         `native`: sum the gradients with the CPU kernels (`global_norm`).
         """
-        max_norm = evaluate(self.max_norm, state.count)
+        max_norm = evaluate(self.max_norm, state.steps)
         total = global_norm(updates, self.norm_type, native)
         coef = jnp.minimum(max_norm / (total + 1e-6), 1.0)
-        return coef, ClipByGlobalNormState(increment(state.count), total, {"max_norm": max_norm})
+        return coef, ClipByGlobalNormState(increment(state.steps), total, {"max_norm": max_norm})
 
 
 class ClipByValueState(NamedTuple):
-    """`clip_by_value` state: the count (for a scheduled limit)."""
+    """`clip_by_value` state: the updates so far (see `ClipByGlobalNormState`)."""
 
-    count: jax.Array
+    steps: jax.Array
     hyperparams: dict[str, Any]
 
 
@@ -313,10 +318,10 @@ class clip_by_value(Transformation):
         self, updates: Any, state: Any, params: Any = None, **extra: Any
     ) -> tuple[Any, ClipByValueState]:
         del params, extra
-        v = evaluate(self.v, state.count)
+        v = evaluate(self.v, state.steps)
 
         def clamp(g: jax.Array) -> jax.Array:
             g32 = g.astype(compute_dtype(g.dtype))
             return jnp.clip(g32, -v, v).astype(g.dtype)
 
-        return jax.tree.map(clamp, updates), ClipByValueState(increment(state.count), {"v": v})
+        return jax.tree.map(clamp, updates), ClipByValueState(increment(state.steps), {"v": v})
