@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from ._groups import DEFAULT, Record, pick
+from ._groups import DEFAULT, Record, is_variable, pick
 from ._wrappers import ReduceOnPlateauState
 
 __all__ = ["hyperparams"]
@@ -65,7 +65,8 @@ def hyperparams(state: Any, path: str | None = None) -> Record:
     """
     out = Record()
     _collect(state, out, path)
-    return out
+    # nnx.Optimizer keeps its state's arrays in Variables: report the arrays.
+    return jax.tree.map(lambda x: x.get_value() if is_variable(x) else x, out, is_leaf=is_variable)
 
 
 def lr_of(state: Any) -> jax.Array | None:

@@ -304,7 +304,8 @@ class Optimizer(Transformation):
             if not jnp.issubdtype(dtype_of(p), jnp.floating):
                 raise ValueError(
                     f"{owner}: params at {path_str(path)!r} have dtype {dtype_of(p)}; "
-                    "optimizers need floating-point parameters"
+                    "optimizers need floating-point parameters (equinox: filter the model "
+                    "with eqx.is_inexact_array, not eqx.is_array)"
                 )
         leaves = [p for _, p in leaves_with_paths]
         index = assign(owner, self.groups, params, warn=True)

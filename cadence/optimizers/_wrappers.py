@@ -276,7 +276,12 @@ class reduce_on_plateau(Transformation):
         if value is None:
             raise ValueError(
                 "reduce_on_plateau.update needs the monitored value: "
-                "update(grads, state, params, value=loss)"
+                "update(grads, state, params, value=loss). flax's "
+                "TrainState.apply_gradients does not pass `value` on; instead write\n"
+                "    updates, opt_state = state.tx.update(grads, state.opt_state, "
+                "state.params, value=loss)\n"
+                "    state = state.replace(step=state.step + 1, params=optax.apply_updates("
+                "state.params, updates), opt_state=opt_state)"
             )
         from ._hyperparams import lr_of
 
