@@ -17,8 +17,9 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, monkeypatch, tmp_path):
-    if re.search(r"^import torch$", BLOCKS[index], flags=re.M):
-        pytest.importorskip("torch")
+    for reference in ("torch", "flax", "equinox"):  # test-only references
+        if re.search(rf"^(import|from) {reference}\b", BLOCKS[index], flags=re.M):
+            pytest.importorskip(reference)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     code = compile(BLOCKS[index], f"README.md block {index}", "exec")
