@@ -321,6 +321,8 @@ def normalize_hyper(owner: str, name: str, x: Any, check: str) -> Any:
     """
     if isinstance(x, S.Schedule):
         return x
+    if isinstance(x, type):
+        raise TypeError(f"{owner}: {name} must be a number, a schedule or a function, got {x!r}")
     if callable(x) and not isinstance(x, (jax.Array, np.ndarray, Transformation)):
         return S.from_fn(x)
     return check_float(owner, name, x, check)
@@ -330,8 +332,10 @@ def check_dtype(owner: str, name: str, x: Any) -> str | None:
     if x is None:
         return None
     try:
+        if not isinstance(x, (str, type, np.dtype)):
+            raise TypeError  # an array or number would pass as its own dtype
         dtype = jnp.dtype(x)
-    except TypeError as e:
+    except (TypeError, ValueError, SyntaxError) as e:  # NumPy's parser raises all three
         raise TypeError(f"{owner}: {name} must be a dtype or None, got {x!r}") from e
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{owner}: {name} must be a floating dtype, got {dtype.name}")

@@ -97,11 +97,12 @@ class Groups:
         for pattern, group in groups.items():
             if not isinstance(pattern, str) or not pattern:
                 raise ValueError(
-                    f"{owner}: group patterns must be non-empty strings, got {pattern!r}"
+                    f"{owner}: groups' patterns must be non-empty strings, got {pattern!r}"
                 )
             if pattern == DEFAULT:
                 raise ValueError(
-                    f"{owner}: {DEFAULT!r} is reserved for the parameters no pattern matches"
+                    f"{owner}: in groups, {DEFAULT!r} is reserved for the parameters no "
+                    "pattern matches"
                 )
             if not isinstance(group, Mapping):
                 raise TypeError(f"{owner}: groups[{pattern!r}] must be a dict, got {group!r}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -229,8 +228,7 @@ class Optimizer(Transformation):
             zero = frozenset(getattr(self, "_static_zero", ()))
             groups = Groups.build(owner, groups, checks, zero) if groups else None
             set_field(self, "groups", groups)
-        elif isinstance(groups, (str, bytes, Sequence, numbers.Number)):
-            # (Anything else is a placeholder from a jax tree utility.)
+        elif not isinstance(groups, (Groups, type(None))):
             raise TypeError(f"{type(self).__name__}: groups must be a dict, got {groups!r}")
 
     # ---------------------------------------------------------------- contract
