@@ -13,6 +13,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +165,29 @@ def test_from_config_refuses_mutated_configs_with_value_or_type_errors(data):
     except (TypeError, ValueError) as e:
         if key is not None:
             assert str(key) in str(e), (key, str(e))
+
+
+# Cases the fuzz found, kept as plain tests.
+@pytest.mark.parametrize(
+    "config, name",
+    [
+        ({"type": "adam", "groups": {"": {}}}, "groups"),
+        ({"type": "adam", "groups": {"default": {"lr": 0.1}}}, "groups"),
+        ({"type": "adam", "state_dtype": "01"}, "state_dtype"),
+        ({"type": "adam", "state_dtype": "0{"}, "state_dtype"),
+        ({"type": "adam", "state_dtype": "float8_e5m2"}, "state_dtype"),
+        ({"type": "accumulate", "tx": {"type": "sgd", "lr": 0.1}, "every": 2**31}, "every"),
+    ],
+)
+def test_from_config_cases_found_by_the_fuzz(config, name):
+    with pytest.raises(ValueError, match=name):
+        O.from_config(config)
+
+
+def test_constructor_cases_found_by_the_fuzz():
+    with pytest.raises(TypeError, match="groups"):
+        O.adagrad(groups=np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="state_dtype"):
+        O.adagrad(state_dtype=jnp.array([0.5]))
+    with pytest.raises(TypeError, match="lr"):
+        O.adam(lr=O.sgd)
