@@ -246,12 +246,11 @@ def transformation_type(cls: _T) -> _T:
 
 
 def rebuild_unchecked(cls: type, fields: dict[str, Any]) -> Any:
-    """An instance of `cls` with these fields, as jax's tree utilities rebuild one.
+    """An instance of `cls` with these fields, unvalidated, as tree utilities rebuild one.
 
-    No validation: jax, equinox and optax rebuild a transformation with
-    tracers, arrays, None, booleans or sentinels as its leaves (``eqx.partition``,
-    ``jax.tree.map(jnp.asarray, opt)``, vmap's axis trees), values a user's
-    constructor call would rightly refuse.
+    jax, equinox and optax put tracers, arrays, None, booleans or sentinels in
+    the leaves (``eqx.partition``, ``jax.tree.map(jnp.asarray, opt)``, vmap's
+    axis trees): values a user's constructor call would rightly refuse.
     """
     obj = Transformation.__new__(cls)
     for name, value in fields.items():
@@ -340,12 +339,11 @@ def check_dtype(owner: str, name: str, x: Any) -> str | None:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{owner}: {name} must be a floating dtype, got {dtype.name}")
     if dtype.itemsize < 2:
-        # An 8-bit float holds squared gradients only between about 1e-3 and
-        # 448 (float8_e4m3fn): a second moment underflows to 0 and the update
-        # divides by eps alone.
+        # float8_e4m3fn holds magnitudes from about 2e-3 to 448: a second
+        # moment (squared gradients) underflows to 0, and Adam divides by eps.
         raise ValueError(
-            f"{owner}: {name} {dtype.name} cannot hold second moments (its range is too "
-            "narrow); use bfloat16, float16, float32 or float64"
+            f"{owner}: {name} {dtype.name} is too narrow for optimizer state (it cannot "
+            "hold second moments); use bfloat16, float16, float32 or float64"
         )
     return dtype.name
 
