@@ -1,9 +1,9 @@
 """The machinery behind every torch.optim optimizer: groups, records, per-leaf kernels.
 
 A concrete optimizer declares its state type, the per-leaf buffers it keeps,
-a per-group scalar step (`_scalars`: bias corrections and the like, computed
+a per-group scalar step (`scalars`: bias corrections and the like, computed
 once per group from the hyperparameters and the count) and a per-leaf kernel
-(`_kernel`) that is an elementwise function of (param, grad, buffers, scalars).
+(`kernel`) that is an elementwise function of (param, grad, buffers, scalars).
 
 Every leaf keeps its own arrays, and XLA fuses each leaf's kernel into loops
 over that leaf alone. Leaves are not concatenated into one vector: splitting
@@ -33,6 +33,7 @@ import numpy as np
 from . import _native
 from ._base import (
     Transformation,
+    as_float,
     check_tree,
     compute_dtype,
     dtype_of,
@@ -73,9 +74,7 @@ def _leaf_update(
         return x.astype(stored[name]).astype(dtype) if stored[name] != dtype else x
 
     pk = p.astype(dtype) if p is not None else None
-    u, new = opt._kernel(
-        pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep
-    )
+    u, new = opt.kernel(pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep)
     return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
 
 
@@ -216,6 +215,10 @@ class Optimizer(Transformation):
     # Hyperparameters that torch tests against 0 (``if weight_decay != 0``):
     # static in the pytree while they are 0 (see `transformation_type`).
     _static_zero: ClassVar[tuple[str, ...]] = ("weight_decay", "momentum")
+    # Scalar state shared by all the leaves of a group (NAdam's
+    # ``mu_product``): each name is a field of `State` that holds one scalar
+    # per group, the default group's first (see `init_shared`, `advance`).
+    shared: ClassVar[tuple[str, ...]] = ()
 
     state_dtype: str | None
     groups: Groups | None
@@ -235,19 +238,35 @@ class Optimizer(Transformation):
 
     # ---------------------------------------------------------------- contract
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         """The per-leaf buffers `init` allocates for this configuration."""
         raise NotImplementedError
 
-    def _init_buffer(self, name: str, shape: tuple[int, ...], dtype: Any, hp: dict) -> jax.Array:
+    def init_buffer(self, name: str, shape: tuple[int, ...], dtype: Any, hp: dict) -> jax.Array:
         del name, hp
         return jnp.zeros(shape, dtype)
 
-    def _scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
-        """Per-group scalars for the kernel (hyperparameters included)."""
+    def scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
+        """Per-group scalars for the kernel (hyperparameters included).
+
+        `hp` holds the group's hyperparameters at this update and, for an
+        optimizer with `shared` state, that state as `advance` left it.
+        """
         return hp
 
-    def _kernel(
+    def init_shared(self, hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """The initial value of each `shared` scalar for a group with hyperparameters `hp`."""
+        del hp
+        return {}
+
+    def advance(
+        self, hp: dict[str, jax.Array], count: jax.Array, shared: dict[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """A group's `shared` scalars after the update number ``count + 1``."""
+        del hp, count
+        return shared
+
+    def kernel(
         self,
         p: jax.Array | None,
         g: jax.Array,
@@ -292,7 +311,8 @@ class Optimizer(Transformation):
         return out
 
     def _buffer_names(self) -> tuple[str, ...]:
-        return tuple(n for n in self.State._fields if n not in ("count", "hyperparams"))
+        fixed = ("count", "hyperparams", *self.shared)
+        return tuple(n for n in self.State._fields if n not in fixed)
 
     # ------------------------------------------------------------------- API
 
@@ -311,12 +331,14 @@ class Optimizer(Transformation):
         count = zero_count()
         values = group_values(self._defaults(), self.groups, count)
         fields: dict[str, Any] = dict.fromkeys(self._buffer_names())
-        for name in self._buffers():
+        for name in self.buffers():
             buffers = []
             for p, i in zip(leaves, index, strict=True):
                 dtype = self.state_dtype or dtype_of(p)
-                buffers.append(self._init_buffer(name, jnp.shape(p), dtype, values[i]))
+                buffers.append(self.init_buffer(name, jnp.shape(p), dtype, values[i]))
             fields[name] = treedef.unflatten(buffers)
+        for name in self.shared:
+            fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
         return self.State(count=count, **fields, hyperparams=record(values, self.groups))
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
@@ -399,8 +421,8 @@ class Optimizer(Transformation):
             )
         present = [n for n in self._buffer_names() if getattr(state, n) is not None]
         traced = {b for b, h in self._optional.items() if self._traced(h)}
-        missing = sorted(set(self._buffers()) - set(present) - traced)
-        unexpected = sorted(set(present) - set(self._buffers()) - set(self._optional))
+        missing = sorted(set(self.buffers()) - set(present) - traced)
+        unexpected = sorted(set(present) - set(self.buffers()) - set(self._optional))
         if missing or unexpected:
             raise ValueError(
                 f"{owner}: the state was made for a different configuration "
@@ -415,6 +437,10 @@ class Optimizer(Transformation):
                 f"{owner}: params are required when {' or '.join(self._decay)} is not 0"
             )
         values = group_values(self._defaults(), self.groups, state.count)
+        shared = [
+            self.advance(v, state.count, {n: getattr(state, n)[i] for n in self.shared})
+            for i, v in enumerate(values)
+        ]
         gleaves, treedef = jax.tree.flatten(grads)
         return _Run(
             grads=gleaves,
@@ -423,7 +449,10 @@ class Optimizer(Transformation):
             present=present,
             index=assign(owner, self.groups, grads),
             values=values,
-            scalars=[self._scalars(v, state.count) for v in values],
+            scalars=[
+                self.scalars(v | sh, state.count) for v, sh in zip(values, shared, strict=True)
+            ],
+            shared={n: tuple(sh[n] for sh in shared) for n in self.shared},
             decays=self._decays(),
             treedef=treedef,
             traced=any(isinstance(x, jax.core.Tracer) for x in gleaves),
@@ -447,6 +476,7 @@ class _Run:
     index: list[int]
     values: list[dict[str, jax.Array]]
     scalars: list[dict[str, jax.Array]]
+    shared: dict[str, tuple[jax.Array, ...]]
     decays: list[bool]
     treedef: Any
     traced: bool
@@ -482,5 +512,6 @@ class _Run:
         return state._replace(
             count=increment(state.count),
             hyperparams=record(self.values, self.groups),
+            **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )

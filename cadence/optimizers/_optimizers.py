@@ -150,10 +150,10 @@ class sgd(Optimizer):
         if self.nesterov and (is_zero(self.momentum) or damped):
             raise ValueError("sgd: nesterov needs momentum > 0 and dampening 0")
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self._nonzero("momentum") else ()
 
-    def _scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
+    def scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
         first = count == 0
         # torch starts the buffer as a copy of the gradient (no dampening), and
         # with momentum 0 uses the gradient itself.
@@ -169,7 +169,7 @@ class sgd(Optimizer):
         flags = (_native.DECAY if decay else 0) | (_native.NESTEROV if self.nesterov else 0)
         return "cadence_sgd", ("weight_decay", "keep", "take", "momentum", "-lr"), flags
 
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         if "momentum_buffer" in bufs:
@@ -198,10 +198,10 @@ class _Adam(Optimizer):
     State = AdamState
     _decoupled: ClassVar[bool]
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         t = as_float(count) + 1
         return hp | {
             "1-b1": 1 - hp["b1"],
@@ -223,7 +223,7 @@ class _Adam(Optimizer):
         names = ("weight_decay", "1-b1", "b2", "1-b2", "-step_size", "1/bc2_sqrt", "eps", "1-lr*wd")
         return "cadence_adam", names, flags
 
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None and not self._decoupled:
             g = g + s["weight_decay"] * p
         mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
@@ -391,11 +391,11 @@ class rmsprop(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         names = ("square_avg", "grad_avg") if self.centered else ("square_avg",)
         return names + (("momentum_buffer",) if self._nonzero("momentum") else ())
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         return hp | {"-lr": -hp["lr"], "1-alpha": 1 - hp["alpha"]}
 
     def _native_kernel(self, bufs, decay):
@@ -404,7 +404,7 @@ class rmsprop(Optimizer):
         names = ("weight_decay", "alpha", "1-alpha", "eps", "momentum", "-lr")
         return "cadence_rmsprop", names, flags
 
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         square_avg = keep("square_avg", s["alpha"] * bufs["square_avg"] + s["1-alpha"] * (g * g))
@@ -467,16 +467,16 @@ class adagrad(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("sum",)
 
-    def _init_buffer(self, name, shape, dtype, hp):
+    def init_buffer(self, name, shape, dtype, hp):
         return jnp.full(shape, hp["initial_accumulator_value"], dtype)
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         return hp | {"-clr": -(hp["lr"] / (1 + as_float(count) * hp["lr_decay"]))}
 
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         total = keep("sum", bufs["sum"] + g * g)
@@ -526,10 +526,10 @@ class lion(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("mu",)
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         return hp | {
             "-lr": -hp["lr"],
             "1-b1": 1 - hp["b1"],
@@ -541,7 +541,7 @@ class lion(Optimizer):
         names = ("-lr", "b1", "1-b1", "b2", "1-b2", "1-lr*wd")
         return "cadence_lion", names, _native.DECAY if decay else 0
 
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         update = s["-lr"] * jnp.sign(s["b1"] * bufs["mu"] + s["1-b1"] * g)
         if p is not None:
             update = update + _decay(p, s)

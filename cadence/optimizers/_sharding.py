@@ -152,7 +152,10 @@ def _owners(state: Any, params: Any) -> list[int | None]:
     def per_param(x: Any) -> bool:
         if jax.tree.structure(x) != ptree:
             return False
-        return [np.shape(leaf) for leaf in jax.tree.leaves(x)] == shapes
+        return all(
+            _follows(np.shape(leaf), shape)
+            for leaf, shape in zip(jax.tree.leaves(x), shapes, strict=True)
+        )
 
     owners: list[int | None] = []
     for unit in jax.tree.leaves(state, is_leaf=per_param):
@@ -161,6 +164,34 @@ def _owners(state: Any, params: Any) -> list[int | None]:
         else:
             owners.append(None)
     return owners
+
+
+def _follows(shape: tuple[int, ...], param: tuple[int, ...]) -> bool:
+    """Whether a buffer of `shape` can be laid out like a parameter of shape `param`.
+
+    A buffer of the parameter's shape (a moment), a reduction of it with kept
+    dimensions of size 1 (Adafactor's row and column moments), or an empty
+    placeholder (a buffer this leaf does not use).
+    """
+    if math.prod(shape) == 0:
+        return True
+    return len(shape) == len(param) and all(d in (1, q) for d, q in zip(shape, param, strict=True))
+
+
+def derived(sharding: Any, param: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """The layout of a buffer of `shape` owned by a parameter of shape `param` with `sharding`.
+
+    A dimension the buffer shares with the parameter keeps the parameter's
+    partitioning; a reduced (size-1) dimension, and an empty placeholder, are
+    replicated.
+    """
+    if shape == param or not isinstance(sharding, NamedSharding):
+        return sharding
+    if math.prod(shape) == 0 or len(shape) != len(param):
+        return NamedSharding(sharding.mesh, P())
+    entries = list(sharding.spec) + [None] * (len(param) - len(sharding.spec))
+    kept = [e if d == q else None for e, d, q in zip(entries, shape, param, strict=True)]
+    return NamedSharding(sharding.mesh, P(*kept))
 
 
 def _abstract_state(opt: Any, params: Any) -> Any:
@@ -187,10 +218,13 @@ def _shardings(opt: Any, params: Any, param_shardings: list[Any]) -> Any:
         other = NamedSharding(mesh, P())
     else:  # no mesh: single-device parameters; scalars go where the first one is
         other = next((s for s in param_shardings if s is not None), None)
+    pshapes = [np.shape(p) for p in jax.tree.leaves(params)]
     out = []
     for x, i in zip(leaves, owners, strict=True):
         # A parameter without a sharding (a NumPy array, a number) is replicated.
         param = other if i is None or param_shardings[i] is None else param_shardings[i]
+        if i is not None:
+            param = derived(param, pshapes[i], tuple(x.shape))
         if i is not None and isinstance(opt, shard_state):
             out.append(opt._sharding_for(x.shape, param))
         else:
@@ -284,7 +318,16 @@ def _place_traced(opt: Any, state: Any, params: Any) -> Any:
         elif i is None:
             out.append(_constrain(x, NamedSharding(zero.mesh, P())) if zero else x)
         elif zero is not None:
-            out.append(_constrain(x, zero._sharding_for(x.shape, _known(pleaves[i]))))
+            known = _known(pleaves[i])
+            if known is not None:
+                known = derived(known, np.shape(pleaves[i]), x.shape)
+            out.append(_constrain(x, zero._sharding_for(x.shape, known)))
+        elif x.shape != np.shape(pleaves[i]):
+            # A reduced buffer cannot be tied to its parameter by shape; it
+            # is placed where the parameter's layout is known here.
+            p = pleaves[i]
+            known = _known(p) if isinstance(p, jax.core.Tracer) or _is_spread(p) else None
+            out.append(x if known is None else _constrain(x, derived(known, np.shape(p), x.shape)))
         else:
             out.append(_follow(x, pleaves[i]))
     return treedef.unflatten(out)
