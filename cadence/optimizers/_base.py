@@ -383,8 +383,11 @@ def _show(path: Sequence[Any]) -> str:
     return repr(path_str(path)) if path else "the root"
 
 
-def check_tree(owner: str, grads: Any, reference: Any, what: str) -> None:
+def check_tree(owner: str, grads: Any, reference: Any, what: str, *, shapes: bool = True) -> None:
     """Raise ValueError naming the first path where `grads` and `reference` differ.
+
+    With ``shapes=False`` only the paths are compared (a state whose buffers
+    are reductions of their parameters).
 
     Runs at trace time on structures and shapes only, so it costs nothing in a
     compiled step; it replaces jax's tree-mismatch traceback with a message
@@ -393,7 +396,7 @@ def check_tree(owner: str, grads: Any, reference: Any, what: str) -> None:
     gl, gdef = jax.tree_util.tree_flatten_with_path(grads)
     rl, rdef = jax.tree_util.tree_flatten_with_path(reference)
     if gdef == rdef:
-        for (path, g), (_, r) in zip(gl, rl, strict=True):
+        for (path, g), (_, r) in zip(gl, rl, strict=True) if shapes else ():
             if np.shape(g) != np.shape(r):
                 raise ValueError(
                     f"{owner}: grads at {_show(path)} have shape {np.shape(g)}, but "

@@ -219,6 +219,9 @@ class Optimizer(Transformation):
     # ``mu_product``): each name is a field of `State` that holds one scalar
     # per group, the default group's first (see `init_shared`, `advance`).
     shared: ClassVar[tuple[str, ...]] = ()
+    # Buffers whose shape is not the parameter's (Adafactor's row and column
+    # moments): `init_buffer` decides it from the parameter's shape.
+    reduced: ClassVar[tuple[str, ...]] = ()
 
     state_dtype: str | None
     groups: Groups | None
@@ -428,8 +431,10 @@ class Optimizer(Transformation):
                 f"{owner}: the state was made for a different configuration "
                 f"(missing buffers {missing}, unexpected {unexpected}); call init again"
             )
-        if present:
-            check_tree(owner, grads, getattr(state, present[0]), "the state")
+        for name in present:
+            # A reduced buffer (a factored moment) is checked by paths only.
+            shapes = name not in self.reduced
+            check_tree(owner, grads, getattr(state, name), "the state", shapes=shapes)
         if params is not None:
             check_tree(owner, grads, params, "params")
         elif any(self._nonzero(n) for n in self._decay):
