@@ -27,6 +27,9 @@ from ._optimizers import adamw as adamw
 from ._optimizers import lion as lion
 from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
+from ._partition import Leaves as Leaves
+from ._partition import partition as partition
+from ._partition import rules as rules
 from ._sharding import shard_state as shard_state
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain

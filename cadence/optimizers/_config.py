@@ -16,6 +16,7 @@ from cadence.schedules._config import build_fields, config_float, is_number, reg
 
 from . import _base as B
 from ._base import REGISTRY, Transformation
+from ._partition import partition, rules
 from ._transforms import chain, foreign
 
 __all__ = ["from_config", "to_config"]
@@ -38,6 +39,19 @@ def _config(tx: Any, where: str) -> dict[str, Any]:
         return {
             "type": name,
             "txs": [_config(t, f"{where}.txs[{i}]") for i, t in enumerate(tx.txs)],
+        }
+    if isinstance(tx, partition):
+        if not isinstance(tx.label_fn, rules):
+            raise ValueError(
+                f"to_config: {where}.label_fn is a Python function, which has no config; "
+                "give the labels as O.rules(...) to save them"
+            )
+        return {
+            "type": name,
+            "transforms": {
+                k: _config(t, f"{where}.transforms[{k!r}]") for k, t in tx.transforms.items()
+            },
+            "rules": tx.label_fn.to_config(),
         }
     out: dict[str, Any] = {"type": name}
     for f in dataclasses.fields(tx):
@@ -111,6 +125,23 @@ def _build(config: Any, path: str) -> Transformation:
         if unknown or not isinstance(txs, list):
             raise ValueError(f"from_config: {path}: chain needs a list 'txs' and nothing else")
         return chain(*(_build(c, f"{path}.txs[{i}]") for i, c in enumerate(txs)))
+    if cls is partition:
+        unknown = sorted(set(config) - {"type", "transforms", "rules"})
+        transforms, items = config.get("transforms"), config.get("rules")
+        if unknown or not isinstance(transforms, dict) or not isinstance(items, list):
+            raise ValueError(
+                f"from_config: {path}: partition needs a dict 'transforms' and a list 'rules' "
+                "and nothing else"
+            )
+        built = {k: _build(c, f"{path}.transforms[{k!r}]") for k, c in transforms.items()}
+        try:
+            label_fn = rules(*items)
+        except TypeError as e:
+            raise ValueError(f"from_config: {path}.rules: {e}") from e
+        try:
+            return partition(built, label_fn)
+        except TypeError as e:
+            raise ValueError(f"from_config: {path}: {e}") from e
     return build_fields(cls, config, B.kinds(cls), path, _field)
 
 

@@ -13,9 +13,9 @@ sharded leaves would gather them. Under a trace the per-leaf work is one
 nested `jit`, so leaves of one shape and dtype share a single trace.
 
 `step` (update and apply in one call) replaces those loops on CPU by one
-native loop per leaf, which reads and writes every array once, in place
-(`_native`, `_kernels.cc`): XLA's CPU backend writes each output of a leaf in
-a loop of its own.
+native loop per leaf, which reads and writes every array once, in place:
+XLA's CPU backend writes each output of a leaf in a loop of its own. The loop
+is generated from `kernel` itself (`_codegen`) and run through `_native`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from ._base import (
     set_field,
     zero_count,
 )
+from ._codegen import Kernel, generate
 from ._groups import Groups, assign, group_values, record
 
 __all__ = ["Optimizer"]
@@ -96,18 +97,46 @@ def xla_leaf_step(
 
 
 def native_kernel(
-    opt: Optimizer, bufs: Sequence[str], s: dict[str, Any], decay: bool
-) -> tuple[str, tuple[str, ...], int] | None:
-    """(target, scalar names, flags) of the kernel for a leaf with these buffers, or None."""
-    kernel = opt._native_kernel(bufs, decay)
-    if kernel is not None and "grad_scale" in s:
-        target, names, flags = kernel
-        kernel = target, (*names, "grad_scale"), flags | _native.SCALED
-    return kernel
+    opt: Optimizer,
+    bufs: Sequence[str],
+    s: dict[str, Any],
+    decay: bool,
+    dtype: Any,
+    state_dtypes: Sequence[Any],
+) -> Kernel | None:
+    """The single-pass kernel for a leaf of `dtype` with buffers `bufs`, or None.
+
+    Generated from the optimizer's own `kernel` (`_codegen`), once per
+    configuration and process; None for an optimizer that is not
+    elementwise or whose arithmetic has no exact C++ translation.
+    """
+    if not opt.elementwise:
+        return None
+    scalars = tuple((n, jnp.dtype(jnp.result_type(x))) for n, x in s.items() if jnp.shape(x) == ())
+    key = (
+        type(opt),
+        jax.tree.structure(opt),
+        tuple(bufs),
+        decay,
+        jnp.dtype(dtype),
+        tuple(jnp.dtype(d) for d in state_dtypes),
+        scalars,
+    )
+    if key not in _KERNELS:
+        step = functools.partial(xla_leaf_step, opt, decay=decay)
+        kernel = generate(step, dtype, list(zip(bufs, state_dtypes, strict=True)), dict(scalars))
+        if kernel is not None:
+            _native.register(kernel.target, kernel.symbol, kernel.source)
+        _KERNELS[key] = kernel
+    return _KERNELS[key]
+
+
+# Generated kernels by optimizer configuration (see `native_kernel`).
+_KERNELS: dict[tuple[Any, ...], Kernel | None] = {}
 
 
 def native_call(
-    kernel: tuple[str, tuple[str, ...], int],
+    kernel: Kernel,
     ps: Sequence[jax.Array],
     gs: Sequence[jax.Array],
     bufs: Sequence[jax.Array],
@@ -118,20 +147,15 @@ def native_call(
 
     Every parameter and buffer is updated in place (aliased to its input).
     """
-    target, names, flags = kernel
-    n = len(ps)
+    n, k = len(ps), len(kernel.scalars)
     outs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*ps, *bufs)]
     # Inputs: scalars, params, grads, buffers.
-    aliases = {1 + i: i for i in range(n)} | {1 + 2 * n + k: n + k for k in range(len(bufs))}
-    call = jax.ffi.ffi_call(target, outs, input_output_aliases=aliases, vmap_method="sequential")
-    out = call(
-        jnp.stack([s[name] for name in names]),
-        *ps,
-        *gs,
-        *bufs,
-        flags=np.int64(flags),
-        offsets=np.asarray(offsets, np.int64),
+    aliases = {k + i: i for i in range(n)} | {k + 2 * n + b: n + b for b in range(len(bufs))}
+    call = jax.ffi.ffi_call(
+        kernel.target, outs, input_output_aliases=aliases, vmap_method="sequential"
     )
+    scalars = [s[name] for name in kernel.scalars]
+    out = call(*scalars, *ps, *gs, *bufs, offsets=np.asarray(offsets, np.int64))
     return list(out[:n]), list(out[n:])
 
 
@@ -148,8 +172,11 @@ def _leaf_step(
     # The kernels take the buffers in the state's field order (a dict that
     # went through jit comes back with sorted keys).
     order = tuple(n for n in opt._buffer_names() if n in bufs)
-    kernel = native_kernel(opt, order, s, decay)
-    if kernel is None or not native_fits(p, g, bufs, s, kernel[1]):
+    if not order or not leaf_fits(p, g, bufs):
+        # Without buffers XLA's one loop over (param, grad) is a single pass.
+        return xla(p, g, bufs, s)
+    kernel = native_kernel(opt, order, s, decay, p.dtype, [bufs[n].dtype for n in order])
+    if kernel is None:
         return xla(p, g, bufs, s)
 
     def run(p, g, bufs, s):
@@ -159,41 +186,22 @@ def _leaf_step(
     return _native.on_cpu(run, xla)(p, g, bufs, s)
 
 
-def native_fits(
-    p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any], names: Sequence[str]
-) -> bool:
-    """Whether the native kernel can take this leaf: `leaf_fits` and `scalars_fit`."""
-    return leaf_fits(p, g, bufs) and scalars_fit(s, names, p.dtype)
-
-
 def leaf_fits(p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array]) -> bool:
-    """Whether a native kernel can take this leaf's arrays, in this process.
+    """Whether a native kernel can take this leaf's arrays.
 
-    The kernels take float32 parameters with float32 or bfloat16 state, and
-    float64 with float64, computing in the parameter's dtype as
-    `_leaf_update` does. bfloat16 parameters stay with XLA: where the CPU
-    converts bfloat16 in hardware, XLA's loops were the faster. With several
-    devices XLA's partitioner would gather a custom call's sharded operands,
-    so those processes use XLA too.
+    The kernels take float32 and float64 parameters with buffers of their
+    shape in float32, float64 or bfloat16. bfloat16 parameters stay with XLA:
+    where the CPU converts bfloat16 in hardware, XLA's loops were the faster.
+    Whether the program runs on one CPU device is decided where it is
+    lowered (`_native.on_cpu`).
     """
     dtype = p.dtype
     if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or g.shape != p.shape:
         return False
-    state = {jnp.dtype(dtype)} | ({jnp.dtype(jnp.bfloat16)} if dtype == jnp.float32 else set())
-    if len({b.dtype for b in bufs.values()}) > 1:
-        return False
+    state = {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64), jnp.dtype(jnp.bfloat16)}
     if any(b.dtype not in state or b.shape != p.shape for b in bufs.values()):
         return False
-    return jax.device_count() == 1 and _native.available()
-
-
-def scalars_fit(s: dict[str, Any], names: Sequence[str], dtype: Any) -> bool:
-    """Whether a kernel computing in `dtype` can take a group's scalars `names`.
-
-    They must be scalars of that dtype: under x64, float64 hyperparameters
-    make XLA compute float32 leaves in float64.
-    """
-    return all(jnp.shape(s[n]) == () and jnp.result_type(s[n]) == dtype for n in names)
+    return _native.available()
 
 
 class Optimizer(Transformation):
@@ -222,6 +230,9 @@ class Optimizer(Transformation):
     # Buffers whose shape is not the parameter's (Adafactor's row and column
     # moments): `init_buffer` decides it from the parameter's shape.
     reduced: ClassVar[tuple[str, ...]] = ()
+    # Whether `kernel` is elementwise (no matrix products, no norms of a
+    # leaf): then `step` on a CPU runs it as one generated loop per leaf.
+    elementwise: ClassVar[bool] = True
 
     state_dtype: str | None
     groups: Groups | None
@@ -463,11 +474,6 @@ class Optimizer(Transformation):
             traced=any(isinstance(x, jax.core.Tracer) for x in gleaves),
             groups=self.groups,
         )
-
-    def _native_kernel(self, bufs: Sequence[str], decay: bool) -> tuple[str, tuple, int] | None:
-        """The native kernel for this leaf: (target, scalar names, flags), or None."""
-        del bufs, decay
-        return None
 
 
 @dataclasses.dataclass

@@ -13,7 +13,6 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _native
 from ._base import (
     BOOL,
     DTYPE,
@@ -163,12 +162,6 @@ class sgd(Optimizer):
             "take": jnp.where(first | (hp["momentum"] == 0), 1.0, 1 - hp["dampening"]),
         }
 
-    def _native_kernel(self, bufs, decay):
-        if "momentum_buffer" not in bufs:
-            return None  # XLA's one loop over (param, grad) is already a single pass
-        flags = (_native.DECAY if decay else 0) | (_native.NESTEROV if self.nesterov else 0)
-        return "cadence_sgd", ("weight_decay", "keep", "take", "momentum", "-lr"), flags
-
     def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
@@ -215,13 +208,6 @@ class _Adam(Optimizer):
             "1/bc2_sqrt": jax.lax.rsqrt(1 - hp["b2"] ** t),
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
-
-    def _native_kernel(self, bufs, decay):
-        if "nu_max" in bufs:
-            return None
-        flags = (_native.DECAY if decay else 0) | (_native.DECOUPLED if self._decoupled else 0)
-        names = ("weight_decay", "1-b1", "b2", "1-b2", "-step_size", "1/bc2_sqrt", "eps", "1-lr*wd")
-        return "cadence_adam", names, flags
 
     def kernel(self, p, g, bufs, s, keep):
         if p is not None and not self._decoupled:
@@ -398,12 +384,6 @@ class rmsprop(Optimizer):
     def scalars(self, hp, count):
         return hp | {"-lr": -hp["lr"], "1-alpha": 1 - hp["alpha"]}
 
-    def _native_kernel(self, bufs, decay):
-        flags = (_native.DECAY if decay else 0) | (_native.CENTERED if "grad_avg" in bufs else 0)
-        flags |= _native.BUFFER if "momentum_buffer" in bufs else 0
-        names = ("weight_decay", "alpha", "1-alpha", "eps", "momentum", "-lr")
-        return "cadence_rmsprop", names, flags
-
     def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
@@ -536,10 +516,6 @@ class lion(Optimizer):
             "1-b2": 1 - hp["b2"],
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
-
-    def _native_kernel(self, bufs, decay):
-        names = ("-lr", "b1", "1-b1", "b2", "1-b2", "1-lr*wd")
-        return "cadence_lion", names, _native.DECAY if decay else 0
 
     def kernel(self, p, g, bufs, s, keep):
         update = s["-lr"] * jnp.sign(s["b1"] * bufs["mu"] + s["1-b1"] * g)

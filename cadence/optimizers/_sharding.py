@@ -45,7 +45,8 @@ from jax.experimental.shard_alike import shard_alike
 from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
-from ._base import CHILD, STR, Transformation, field
+from ._base import CHILD, STR, Transformation, field, path_str
+from ._partition import Leaves
 
 __all__ = ["placing", "shard_state", "state_shardings"]
 
@@ -157,10 +158,22 @@ def _owners(state: Any, params: Any) -> list[int | None]:
             for leaf, shape in zip(jax.tree.leaves(x), shapes, strict=True)
         )
 
+    # A `partition`'s transformations hold their leaves' buffers by path.
+    index = {
+        path_str(p): i for i, (p, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0])
+    }
+
+    def subset(x: Any) -> bool:
+        return isinstance(x, Leaves) and all(
+            k in index and _follows(np.shape(v), shapes[index[k]]) for k, v in x.items()
+        )
+
     owners: list[int | None] = []
-    for unit in jax.tree.leaves(state, is_leaf=per_param):
+    for unit in jax.tree.leaves(state, is_leaf=lambda x: per_param(x) or subset(x)):
         if per_param(unit):
             owners.extend(range(len(pleaves)))
+        elif subset(unit):
+            owners.extend(index[k] for k in sorted(unit))
         else:
             owners.append(None)
     return owners
