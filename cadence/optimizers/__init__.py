@@ -27,14 +27,14 @@ from ._optimizers import adamw as adamw
 from ._optimizers import lion as lion
 from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
-from ._partition import Leaves as Leaves
 from ._partition import partition as partition
 from ._partition import rules as rules
-from ._sharding import shard_state as shard_state
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain
 from ._transforms import clip_by_global_norm as clip_by_global_norm
 from ._transforms import clip_by_value as clip_by_value
+from ._trees import Leaves as Leaves
 from ._wrappers import accumulate as accumulate
 from ._wrappers import reduce_on_plateau as reduce_on_plateau
 from ._wrappers import skip_nonfinite as skip_nonfinite
+from ._zero import shard_state as shard_state

@@ -20,30 +20,9 @@ import numpy as np
 
 from ._base import Transformation, as_transformation, path_str, register, set_field
 from ._groups import matches
+from ._trees import Leaves
 
 __all__ = ["Leaves", "PartitionState", "partition", "rules"]
-
-
-@final
-class Leaves(dict):
-    """The leaves one transformation of a `partition` owns: ``{path: leaf}``.
-
-    A dict keyed by each parameter's '/'-joined path, so the paths a
-    transformation sees (in its groups, its errors, `hyperparams`) are those
-    of the whole tree.
-    """
-
-    __slots__ = ()
-
-
-def _leaves_flatten(x: Leaves) -> tuple[list[tuple[Any, Any]], tuple[str, ...]]:
-    keys = tuple(sorted(x))
-    return [(jax.tree_util.DictKey(k), x[k]) for k in keys], keys
-
-
-jax.tree_util.register_pytree_with_keys(
-    Leaves, _leaves_flatten, lambda keys, values: Leaves(zip(keys, values, strict=True))
-)
 
 
 class PartitionState(NamedTuple):
@@ -259,6 +238,20 @@ class partition(Transformation):
         if params is None:
             raise TypeError("partition.step: params are required (step returns the new params)")
         return self._run("step", grads, state, params, extra)
+
+    def _config(self, where: str) -> dict[str, Any]:
+        if not isinstance(self.label_fn, rules):
+            raise ValueError(
+                f"to_config: {where}.label_fn is a Python function, which has no config; "
+                "give the labels as O.rules(...) to save them"
+            )
+        return {
+            "type": "partition",
+            "transforms": {
+                k: t._config(f"{where}.transforms[{k!r}]") for k, t in self.transforms.items()
+            },
+            "rules": self.label_fn.to_config(),
+        }
 
     def __repr__(self) -> str:
         return f"partition({self.transforms!r}, {self.label_fn!r})"
