@@ -21,6 +21,11 @@ from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
+from ._optimizer import Optimizer as Optimizer
+from ._optimizer import flag as flag
+from ._optimizer import hyper as hyper
+from ._optimizer import optimizer_type as optimizer_type
+from ._optimizer import optimizers as optimizers
 from ._optimizers import adagrad as adagrad
 from ._optimizers import adam as adam
 from ._optimizers import adamw as adamw

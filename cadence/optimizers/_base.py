@@ -320,8 +320,13 @@ def transformation_type(cls: _T) -> _T:
 
 def register(cls: type) -> None:
     """Make `cls` buildable by `from_config` under its class name."""
-    if cls.__name__ in REGISTRY:
-        raise RuntimeError(f"transformation type {cls.__name__!r} registered twice")
+    old = REGISTRY.get(cls.__name__)
+    # A module run again (a notebook cell, `exec`) redefines its own types.
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(
+            f"a transformation type named {cls.__name__!r} already exists "
+            f"({old.__module__}.{old.__qualname__}); config names must be unique"
+        )
     REGISTRY[cls.__name__] = cls
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -32,22 +32,32 @@ import numpy as np
 
 from . import _native
 from ._base import (
+    ANY,
+    BOOL,
+    DTYPE,
+    GROUPS,
+    HYPER,
+    REGISTRY,
     Transformation,
     as_float,
     check_tree,
     compute_dtype,
     dtype_of,
+    field,
     hyper_fields,
     increment,
     is_zero,
     path_str,
     set_field,
+    transformation_type,
     zero_count,
 )
 from ._codegen import Kernel, generate
 from ._groups import Groups, assign, group_values, record
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
+
+_O = TypeVar("_O", bound=type)
 
 
 def lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
@@ -211,6 +221,12 @@ class Optimizer(Transformation):
     """
 
     State: ClassVar[type]
+    # What the optimizer matches, update for update (e.g. "torch.optim.AdamW");
+    # the registry (`optimizers`), the README's table and the tests read it.
+    reference: ClassVar[str] = ""
+    # Every per-leaf buffer this optimizer may keep (`optimizer_type` builds
+    # `State` from them); `buffers` picks those a configuration allocates.
+    per_leaf: ClassVar[tuple[str, ...]] = ()
     # Hyperparameters that multiply the parameters (so `update` needs params
     # unless they are the number 0).
     _decay: ClassVar[tuple[str, ...]] = ("weight_decay",)
@@ -253,8 +269,8 @@ class Optimizer(Transformation):
     # ---------------------------------------------------------------- contract
 
     def buffers(self) -> tuple[str, ...]:
-        """The per-leaf buffers `init` allocates for this configuration."""
-        raise NotImplementedError
+        """The per-leaf buffers `init` allocates for this configuration (default: `per_leaf`)."""
+        return self.per_leaf
 
     def init_buffer(self, name: str, shape: tuple[int, ...], dtype: Any, hp: dict) -> jax.Array:
         del name, hp
@@ -526,3 +542,77 @@ class _Run:
             **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )
+
+
+def optimizers() -> dict[str, type[Optimizer]]:
+    """Every optimizer type, by name, in the order they were defined.
+
+    The registry that the README's optimizer table, the benchmarks and the
+    test parametrization read: an optimizer defined with `transformation_type`
+    (a library one or your own) is in it.
+
+    Example:
+        >>> from cadence import optimizers as O
+        >>> list(O.optimizers())[:3]
+        ['sgd', 'adam', 'adamw']
+        >>> O.optimizers()["adamw"].reference
+        'torch.optim.AdamW'
+    """
+    return {
+        name: cls
+        for name, cls in REGISTRY.items()
+        if isinstance(cls, type) and issubclass(cls, Optimizer)
+    }
+
+
+def hyper(default: Any = dataclasses.MISSING, *, check: str = ANY) -> Any:
+    """A float hyperparameter field: a number, a schedule or a callable of the count.
+
+    It is a pytree leaf (a new value does not recompile), validated at
+    construction by `check` (``"any"``, ``"nonneg"``, or ``"unit"`` for
+    [0, 1)), settable per parameter group, saved by `to_config` and reported
+    by `hyperparams`.
+    """
+    if check not in ("any", "nonneg", "unit"):
+        raise ValueError(f"hyper: check must be 'any', 'nonneg' or 'unit', got {check!r}")
+    return field(HYPER, default, check=check)
+
+
+def flag(default: bool) -> Any:
+    """A boolean option field (static: switching it recompiles), e.g. ``nesterov``."""
+    if not isinstance(default, bool):
+        raise TypeError(f"flag: default must be True or False, got {default!r}")
+    return field(BOOL, default)
+
+
+def optimizer_type(cls: type[_O]) -> type[_O]:
+    """Make an `Optimizer` subclass a complete optimizer, registered by its class name.
+
+    It gains the ``state_dtype`` and ``groups`` arguments (last), a `State`
+    named tuple (``count``, the `per_leaf` buffers, the `shared` scalars,
+    ``hyperparams``) unless it declares one, and everything every optimizer
+    has: validation, `to_config`/`from_config`, parameter groups,
+    `hyperparams`, sharded state, checkpoints and `step` (one generated pass
+    per leaf on CPU when `kernel` is elementwise).
+
+    See the README section "Write your own optimizer" for a complete example.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise TypeError(f"optimizer_type: {cls!r} must be a subclass of Optimizer")
+    annotations = cls.__dict__.get("__annotations__", {})
+    extra = {}
+    if "state_dtype" not in annotations:
+        extra["state_dtype"] = field(DTYPE, None)
+    if "groups" not in annotations:
+        extra["groups"] = field(GROUPS, None)
+    if extra:
+        cls.__annotations__ = {**annotations, **dict.fromkeys(extra, Any)}
+        for name, value in extra.items():
+            setattr(cls, name, value)
+    if "State" not in cls.__dict__:
+        names = ("count", *cls.per_leaf, *cls.shared, "hyperparams")
+        state = NamedTuple(f"{cls.__name__}State", [(n, Any) for n in names])
+        state.__module__ = cls.__module__
+        state.__doc__ = f"`{cls.__name__}` state: the update count, {', '.join(names[1:])}."
+        cls.State = state
+    return transformation_type(cls)

@@ -133,6 +133,8 @@ class sgd(Optimizer):
         torch.optim.SGD (PyTorch 2.x); Sutskever et al., 2013.
     """
 
+    reference = "torch.optim.SGD"
+
     State = SGDState
     _optional = {"momentum_buffer": "momentum"}
 
@@ -265,6 +267,8 @@ class adam(_Adam):
         torch.optim.Adam (PyTorch 2.x); Kingma & Ba, 2015; Reddi et al., 2018 (AMSGrad).
     """
 
+    reference = "torch.optim.Adam"
+
     _decoupled = False
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)
@@ -312,6 +316,8 @@ class adamw(_Adam):
     References:
         torch.optim.AdamW (PyTorch 2.x); Loshchilov & Hutter, 2019.
     """
+
+    reference = "torch.optim.AdamW"
 
     _decoupled = True
 
@@ -364,6 +370,8 @@ class rmsprop(Optimizer):
     References:
         torch.optim.RMSprop (PyTorch 2.x); Hinton, Coursera lecture 6e; Graves, 2013 (centered).
     """
+
+    reference = "torch.optim.RMSprop"
 
     State = RMSpropState
     _optional = {"momentum_buffer": "momentum"}
@@ -437,6 +445,8 @@ class adagrad(Optimizer):
         torch.optim.Adagrad (PyTorch 2.x); Duchi et al., 2011.
     """
 
+    reference = "torch.optim.Adagrad"
+
     State = AdagradState
 
     lr: Hyper = field(HYPER, 1e-2, check=NONNEG)
@@ -496,6 +506,8 @@ class lion(Optimizer):
     References:
         Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
     """
+
+    reference = "Lion (the paper; lion-pytorch)"
 
     State = LionState
 

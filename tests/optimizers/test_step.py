@@ -305,6 +305,31 @@ def test_other_platforms_lower_xla_loops():
     assert "stablehlo.sqrt" in exported.mlir_module()
 
 
+_EXPORT_PROBE = """
+import json, jax, jax.numpy as jnp
+from cadence import optimizers as O
+opt = O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2))
+p = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+exported = jax.export.export(jax.jit(opt.step), platforms=["cuda"])(p, opt.init(p), p)
+print(json.dumps({"custom_calls": exported.mlir_module().count("cadence_")}))
+"""
+
+
+def test_exporting_for_a_gpu_builds_nothing(tmp_path):
+    # A GPU user never pays for a host build: the kernels are compiled only
+    # when a program is lowered for a CPU.
+    result = subprocess.run(
+        [sys.executable, "-c", _EXPORT_PROBE],
+        env=os.environ | {"CADENCE_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"custom_calls": 0}
+    assert not (tmp_path / "cache").exists()
+
+
 def _tell_apart():
     """`on_cpu` over two formulations that give different numbers, counting XLA's traces."""
     traced = []
