@@ -222,3 +222,25 @@ def test_newton_schulz_orthogonalizes_like_torch():
     # Both in bfloat16, rounding after each addmm alike: equal here, but a
     # different matrix-product kernel may round an element otherwise.
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-2
+
+
+def test_setup_script_reports_what_is_importable(tmp_path):
+    import jax
+
+    env = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "DEVICE_SITE": str(tmp_path / "s")}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "device_setup.sh"), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stdout.splitlines()
+    assert f"device setup: no wheels in {tmp_path}; checking what is installed" in lines
+    for name in ("jax", "numpy", "optax", "optax.contrib", "cadence"):
+        assert any(line.split()[:2] == ["ok", name] for line in lines), proc.stdout
+    on_cpu = jax.default_backend() == "cpu"
+    assert proc.returncode == (1 if on_cpu else 0), proc.stdout + proc.stderr
+    if on_cpu:
+        assert any(line.split()[:2] == ["MISSING", "accelerator"] for line in lines)
