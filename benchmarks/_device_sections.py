@@ -13,6 +13,7 @@ from typing import Any
 
 from . import _compile, _device_steps, _muon, _parity, _shapes
 from ._report import fmt, table
+from ._timing import bandwidth
 
 SECTIONS = ("parity", "timing", "muon", "kernels", "compile")
 STEP_SHAPES = ("a", "b", "bf16", "c")  # (c) last: its rows take longest to compile
@@ -34,6 +35,11 @@ def sections(ctx: dict[str, Any]) -> dict[str, Callable[[dict[str, Any], float],
     def timing(out: dict[str, Any], deadline: float) -> None:
         out["shapes"] = {}
         bandwidths: dict[int, dict[str, Any]] = {}
+        out["stream"] = bandwidth(plan.stream_bytes, plan.runs, plan.steps)
+        say(
+            f"streaming bandwidth over {plan.stream_bytes / 2**20:.0f} MiB arrays:"
+            f" {out['stream']['gb_s']:.0f} GB/s (x stream: the step against it)"
+        )
         for key in STEP_SHAPES:
             shape = shapes[key]
             entry: dict[str, Any] = {"label": shape.describe()}
@@ -51,6 +57,7 @@ def sections(ctx: dict[str, Any]) -> dict[str, Callable[[dict[str, Any], float],
                     ctx["torch_device"],
                     plan.row_timeout,
                     bandwidths,
+                    out["stream"]["gb_s"],
                 )
                 entry["status"] = "ok"
             except Exception as e:  # this shape is reported; the next one runs
@@ -160,12 +167,12 @@ def shape_table(s: dict[str, Any]) -> str:
         f" at {bw['gb_s']:.0f} GB/s (axpy {bw['axpy']['gb_s']:.0f}, scale"
         f" {bw['scale']['gb_s']:.0f} GB/s over {bw['bytes_per_array'] / 1e6:.3g} MB arrays)"
     )
-    headers = ["variant", "ms/step", "p25-p75", "x floor", "BW %", "kernels", "fusions"]
+    headers = ["variant", "ms/step", "p25-p75", "x floor", "BW %", "x stream", "kernels", "fusions"]
     headers += ["custom calls", "compile s", "note"]
     body = []
     for r in s["rows"]:
         if r["status"] != "ok":
-            body.append([r["variant"], None, "", "", "", "", "", "", "", r.get("note", "")])
+            body.append([r["variant"], None, *[""] * 8, r.get("note", "")])
             continue
         k = r.get("kernels", {})
         compile_s = r["lower_s"] + r["compile_s"] if "compile_s" in r else None
@@ -176,6 +183,7 @@ def shape_table(s: dict[str, Any]) -> str:
                 f"{r['p25_ms']:.4f}-{r['p75_ms']:.4f}",
                 fmt(r["x_floor"]),
                 fmt(r["bw_pct"], ".0f"),
+                fmt(r["x_stream"]),
                 k.get("kernels", ""),
                 k.get("fusions", ""),
                 k.get("custom_calls", ""),

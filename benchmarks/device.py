@@ -51,6 +51,7 @@ class Plan:
     caps: dict[str, float]
     runs: int
     steps: int
+    stream_bytes: int
     row_timeout: float
     compile_counts: tuple[int, ...]
     compile_budget: float
@@ -68,6 +69,7 @@ DEVICE = Plan(
     caps={"parity": 75.0, "timing": 200.0, "muon": 45.0, "kernels": 45.0, "compile": 130.0},
     runs=10,
     steps=10,
+    stream_bytes=1 << 30,  # 18x the H200's 60 MB of L2
     row_timeout=90.0,
     compile_counts=(100, 1000, 5000),
     compile_budget=30.0,
@@ -81,6 +83,7 @@ DRY_RUN = Plan(
     caps=dict.fromkeys(SECTIONS, 60.0),
     runs=2,
     steps=1,
+    stream_bytes=1 << 22,
     row_timeout=60.0,
     compile_counts=(4, 16),
     compile_budget=30.0,
@@ -110,9 +113,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     only = [s.strip() for s in (args.only or ",".join(SECTIONS)).split(",") if s.strip()]
     if not only or any(s not in SECTIONS for s in only):
         parser.error(f"--only: expected a subset of {','.join(SECTIONS)}, got {args.only!r}")
-    args.only = only
-    if args.budget is not None and args.budget <= 0:
-        parser.error("--budget must be positive")
+    args.only = [s for s in SECTIONS if s in only]  # sections run in their own order
+    for flag in ("budget", "rtol"):
+        if getattr(args, flag) is not None and getattr(args, flag) <= 0:
+            parser.error(f"--{flag} must be positive")
     return args
 
 
@@ -131,18 +135,17 @@ def _section(
     name: str,
     work: Callable[[dict[str, Any], float], None],
     results: dict[str, Any],
-    plan: Plan,
+    cap: float,
+    start: float,
     run_deadline: float,
     report: Report,
 ) -> None:
     """Run one section under its budget; an exception becomes its recorded error."""
     now = time.monotonic()
-    budget = min(plan.caps[name], run_deadline - now)
+    budget = min(cap, run_deadline - now)
     out: dict[str, Any] = {"status": "running", "budget_s": round(budget, 1)}
     results[name] = out
-    report.say(
-        f"\n== {name}  [budget {budget:.0f} s, {now - results['_start']:.0f} s into the run]"
-    )
+    report.say(f"\n== {name}  [budget {budget:.0f} s, {now - start:.0f} s into the run]")
     if budget < MIN_SECTION_S:
         out |= {"status": "skipped", "note": "the run's time budget is spent"}
         report.say("skipped: the run's time budget is spent")
@@ -185,25 +188,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": "dry-run" if args.dry_run else "device",
         "meta": info,
         "plan": dataclasses.asdict(plan) | {"only": args.only},
-        "_start": start,
     }
+    results |= {name: {"status": "skipped", "note": "not in --only"} for name in SECTIONS}
     ctx = {"args": args, "plan": plan, "results": results, "report": report}
     ctx |= {"accelerator": accelerator, "reference": reference, "torch_device": torch_device}
     works = _device_sections.sections(ctx)
     deadline = start + plan.budget
-    for name in SECTIONS:
-        if name in args.only:
-            _section(name, works[name], results, plan, deadline, report)
-        else:
-            results[name] = {"status": "skipped", "note": "not in --only"}
-    del results["_start"]
+    stem = args.out / ("dry-run" if args.dry_run else "device")
+    for name in args.only:
+        _section(name, works[name], results, plan.caps[name], start, deadline, report)
+        # Written after every section: a run killed from outside keeps what it measured.
+        _write(stem, results | {"total_s": round(time.monotonic() - start, 1)}, report)
     results["total_s"] = round(time.monotonic() - start, 1)
     report.say(_device_sections.summary(results))
-    stem = "dry-run" if args.dry_run else "device"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (args.out / f"{stem}.txt").write_text("\n".join(report.lines) + "\n")
-    print(f"wrote {args.out / stem}.json and .txt", flush=True)
+    _write(stem, results, report)
+    print(f"wrote {stem}.json and {stem}.txt", flush=True)
     ran = [results[n] for n in args.only]
     parity_ok = results.get("parity", {}).get("all_ok", True)
     code = 0 if all(s["status"] == "ok" for s in ran) and parity_ok else 1
@@ -213,6 +212,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
         os._exit(code)
     return code
+
+
+def _write(stem: Path, results: dict[str, Any], report: Report) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    stem.with_suffix(".txt").write_text("\n".join(report.lines) + "\n")
 
 
 def _torch_device(dry_run: bool) -> tuple[str | None, str]:

@@ -77,7 +77,9 @@ def test_parity_checks_every_optimizer_and_finds_no_difference_on_one_device(dry
 
 
 def test_timing_has_every_row_against_a_measured_floor(dry_run):
-    shapes = dry_run[0]["timing"]["shapes"]
+    timing = dry_run[0]["timing"]
+    assert timing["stream"]["gb_s"] > 0
+    shapes = timing["shapes"]
     assert set(shapes) == {"a", "b", "c", "bf16"}
     for key, shape in shapes.items():
         assert shape["status"] == "ok" and shape["bandwidth"]["gb_s"] > 0, key
@@ -85,6 +87,7 @@ def test_timing_has_every_row_against_a_measured_floor(dry_run):
         for variant in JAX_ROWS:
             assert rows[variant]["status"] == "ok", rows[variant]
             assert rows[variant]["median_ms"] > 0 and rows[variant]["x_floor"] > 0
+            assert rows[variant]["x_stream"] > 0
         torch_status = {rows[f"torch ({m})"]["status"] for m in ("fused", "foreach")}
         assert torch_status == {"ok" if _torch_importable() else "skipped"}
     assert shapes["bf16"]["floor_bytes_per_param"] == 14
