@@ -74,7 +74,7 @@ def sections(ctx: dict[str, Any]) -> dict[str, Callable[[dict[str, Any], float],
         timed = ctx["results"].get("timing", {}).get("shapes", {}).get("c", {})
         rows = [_kernel_row(r) for r in timed.get("rows", []) if "kernels" in r]
         out |= {"leaves": shape.n_leaves, "leaf_size": shape.n_params // shape.n_leaves}
-        out["source"] = "timing (c)" if rows else "compiled here"
+        out["source"] = "the timing section's steps" if rows else "compiled here, without timing"
         if not rows:  # the timing section did not reach (c): compile the step here
             rows = _device_steps.kernel_counts(shape, deadline, plan.row_timeout)
         out["rows"] = rows
@@ -195,7 +195,7 @@ def shape_table(s: dict[str, Any]) -> str:
 
 
 def kernels_table(k: dict[str, Any]) -> str:
-    head = f"one step on {k['leaves']} leaves of {k['leaf_size']} (from {k['source']})"
+    head = f"one step on {k['leaves']} leaves of {k['leaf_size']} ({k['source']})"
     headers = ["variant", "kernels", "fusions", "array fusions", "custom calls", "copies"]
     headers += ["command buffers", "other"]
     body = [

@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -106,6 +107,19 @@ def test_kernels_of_the_many_leaf_step(dry_run):
     assert rows["optax"]["fusions"] >= kernels["leaves"]
 
 
+def test_kernel_counts_compile_the_step_when_timing_did_not_run():
+    from benchmarks import _device_steps, _shapes
+
+    shape = _shapes.Shape("c", "many small leaves", _shapes.many_leaves(3, 10))
+    rows = {r["variant"]: r for r in _device_steps.kernel_counts(shape, math.inf, 60.0)}
+    assert set(rows) == JAX_ROWS
+    assert all(r["kernels"] >= 1 for r in rows.values()), rows
+    assert rows["optax"]["custom_calls"] == 0 and rows["optax"]["fusions"] >= 3
+    # Past its deadline nothing is compiled, and each row says why.
+    late = _device_steps.kernel_counts(shape, 0.0, 60.0)
+    assert [r["note"] for r in late] == ["section out of time"] * 4
+
+
 def test_muon_and_compile_rows(dry_run):
     results = dry_run[0]
     muon = results["muon"]
@@ -127,6 +141,36 @@ def test_without_an_accelerator_the_full_run_refuses(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "no accelerator" in proc.stdout
     assert not list(tmp_path.iterdir())
+
+
+def test_a_spent_budget_skips_sections_and_says_so(tmp_path):
+    proc = _device_run(tmp_path, "--dry-run", "--budget", "4", "--only", "parity,compile")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "dry-run.json").read_text())
+    for name in ("parity", "compile"):
+        section = results[name]
+        assert section["status"] == "skipped" and section["budget_s"] < 5
+        assert section["note"] == "the run's time budget is spent"
+    assert results["timing"] == {"status": "skipped", "note": "not in --only"}
+
+
+def test_a_failing_section_is_recorded_and_the_next_one_runs():
+    from benchmarks import device
+
+    def broken(out, deadline):
+        out["partial"] = 1
+        raise RuntimeError("boom")
+
+    def fine(out, deadline):
+        out["value"] = 2
+
+    results, report, start = {}, device.Report(), time.monotonic()
+    device._section("first", broken, results, 60.0, start, start + 60.0, report)
+    device._section("second", fine, results, 60.0, start, start + 60.0, report)
+    assert results["first"]["status"] == "error" and results["first"]["partial"] == 1
+    assert results["first"]["error"] == "RuntimeError: boom"
+    assert results["second"]["status"] == "ok" and results["second"]["value"] == 2
+    assert "error: RuntimeError: boom" in report.lines
 
 
 def test_difference_is_relative_to_the_leaf_and_flags_mismatches():
