@@ -8,14 +8,13 @@ new once the monotonic `deadline` is near.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _compile, _device_steps, _muon, _parity, _shapes
 from ._report import fmt, table
 from ._timing import bandwidth
 
-SECTIONS = ("parity", "timing", "muon", "kernels", "compile")
 STEP_SHAPES = ("a", "b", "bf16", "c")  # (c) last: its rows take longest to compile
 # Starting a compile child (importing JAX and cadence) before its first count.
 CHILD_STARTUP_S = 15.0
@@ -249,10 +248,10 @@ def compile_table(rows: list[dict[str, Any]]) -> str:
     return table(headers, body, left=2)
 
 
-def summary(results: dict[str, Any]) -> str:
-    """The last lines: each section's status, and whether parity held."""
+def summary(results: dict[str, Any], names: Sequence[str]) -> str:
+    """The last lines: the status of each section of `names`, and whether parity held."""
     parts = []
-    for name in SECTIONS:
+    for name in names:
         s = results[name]
         seconds = f" {s['seconds']:.0f} s" if "seconds" in s else ""
         parts.append(f"{name} {s['status']}{seconds}")

@@ -36,9 +36,9 @@ from typing import Any
 
 import jax
 
-from . import _device_sections, _env, _kernels, _torch
-from ._device_sections import SECTIONS
+from . import _env, _kernels
 
+SECTIONS = ("parity", "timing", "muon", "kernels", "compile")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "device"
 SCHEMA = 1
 
@@ -109,6 +109,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, help="total seconds for the sections")
     parser.add_argument("--only", help=f"comma-separated sections of {','.join(SECTIONS)}")
     parser.add_argument("--rtol", type=float, help="parity tolerance (default 1e-5)")
+    parser.add_argument(
+        "--no-torch",
+        action="store_true",
+        help="leave torch out, its rows skipped (if its CUDA libraries clash with JAX's)",
+    )
     args = parser.parse_args(argv)
     only = [s.strip() for s in (args.only or ",".join(SECTIONS)).split(",") if s.strip()]
     if not only or any(s not in SECTIONS for s in only):
@@ -170,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # JAX must not take 75% of the GPU up front: torch shares it, and so do the
     # compile-time child processes.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.no_torch:
+        sys.modules["torch"] = None  # every `import torch` now raises ImportError
+    # Imported only now: they import torch.
+    from . import _device_sections, _torch
+
     settings = _env.configure(plan.threads)
     report = Report()
     if not args.dry_run and jax.default_backend() == "cpu":
@@ -178,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = _env.machine(settings)
     info["command"] = " ".join(["python", "-m", "benchmarks.device", *sys.argv[1:]])
     accelerator, reference = jax.devices()[0], jax.devices("cpu")[0]
-    torch_device, torch_note = _torch_device(args.dry_run)
+    torch_device, torch_note = _torch_device(_torch, args.dry_run)
     info |= {"accelerator": str(accelerator), "reference": str(reference)}
     info |= {"torch_device": torch_device, "torch_note": torch_note}
     report.say(_env.header(info).replace("optimizer benchmarks", "device check", 1))
@@ -200,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Written after every section: a run killed from outside keeps what it measured.
         _write(stem, results | {"total_s": round(time.monotonic() - start, 1)}, report)
     results["total_s"] = round(time.monotonic() - start, 1)
-    report.say(_device_sections.summary(results))
+    report.say(_device_sections.summary(results, SECTIONS))
     _write(stem, results, report)
     print(f"wrote {stem}.json and {stem}.txt", flush=True)
     ran = [results[n] for n in args.only]
@@ -220,7 +230,8 @@ def _write(stem: Path, results: dict[str, Any], report: Report) -> None:
     stem.with_suffix(".txt").write_text("\n".join(report.lines) + "\n")
 
 
-def _torch_device(dry_run: bool) -> tuple[str | None, str]:
+def _torch_device(_torch: Any, dry_run: bool) -> tuple[str | None, str]:
+    """Where torch's rows run ("cuda", "cpu" in a dry run, or None) and a note saying so."""
     if not _torch.available():
         return None, "torch is not importable: its rows are skipped"
     import torch

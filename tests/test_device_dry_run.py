@@ -154,6 +154,15 @@ def test_a_spent_budget_skips_sections_and_says_so(tmp_path):
     assert results["timing"] == {"status": "skipped", "note": "not in --only"}
 
 
+def test_no_torch_leaves_torch_out(tmp_path):
+    proc = _device_run(tmp_path, "--dry-run", "--no-torch", "--only", "kernels")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads((tmp_path / "dry-run.json").read_text())
+    assert results["meta"]["torch_device"] is None
+    assert results["meta"]["torch_note"] == "torch is not importable: its rows are skipped"
+    assert results["meta"]["versions"]["torch"] == "not importable"
+
+
 def test_a_failing_section_is_recorded_and_the_next_one_runs():
     from benchmarks import device
 
