@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import optax
 
+from cadence import optimizers as O
+
 from . import _jax
 from ._optimizers import SPECS
 from ._shapes import Shape, transformer
@@ -40,8 +42,9 @@ PERTURBATION = 1e-3
 def optimizers_to_check() -> dict[str, Callable[[], Any]]:
     """Every optimizer the benchmarks build, and the clipped chain, by name.
 
-    The one list the device check reads: today the harness's (`_optimizers.SPECS`,
-    whose ``chain`` is ``O.chain(O.clip_by_global_norm(1.0), O.adamw(cosine))``).
+    The one list the device check reads: the harness's (`_optimizers.SPECS`),
+    which holds every library optimizer of the registry (``O.optimizers()``)
+    and ``chain`` = ``O.chain(O.clip_by_global_norm(1.0), O.adamw(cosine))``.
 
     Example:
         >>> sorted(optimizers_to_check())[:3]
@@ -51,12 +54,10 @@ def optimizers_to_check() -> dict[str, Callable[[], Any]]:
 
 
 def unchecked() -> list[str]:
-    """Registered cadence optimizer types that `optimizers_to_check` does not build."""
-    from cadence.optimizers._base import REGISTRY
-    from cadence.optimizers._optimizer import Optimizer
-
+    """Library optimizers of the registry that `optimizers_to_check` does not build."""
     names = set(optimizers_to_check())
-    return sorted(n for n, cls in REGISTRY.items() if issubclass(cls, Optimizer) and n not in names)
+    library = [n for n, cls in O.optimizers().items() if cls.__module__.startswith("cadence.")]
+    return sorted(n for n in library if n not in names)
 
 
 def shape(dry_run: bool) -> Shape:
