@@ -23,13 +23,17 @@ def _is_wrapper(x: Any) -> bool:
     """Whether `x` is a framework's box around an array (an NNX Variable, ...).
 
     Detected by shape, not by type, so no framework is imported: an object
-    with a `get_value()` method, or a pytree node holding a `.value`.
+    with a `get_value()` method, or a pytree node whose one child is `.value`.
     """
     if x is None or isinstance(x, _DATA):
         return False
     if callable(getattr(x, "get_value", None)):
         return True
-    return hasattr(x, "value") and not jax.tree_util.all_leaves([x])
+    if isinstance(x, (tuple, list, dict)) or not hasattr(x, "value"):
+        return False  # a state named tuple may well have a field called `value`
+    # A box: a pytree node whose only child is its value.
+    children = jax.tree_util.tree_flatten(x, is_leaf=lambda y: y is not x)[0]
+    return len(children) == 1 and children[0] is x.value
 
 
 def _unwrap(x: Any) -> Any:

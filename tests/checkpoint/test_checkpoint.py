@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -352,3 +353,48 @@ def test_restore_falls_back_over_a_step_with_damaged_arrays(saved):
     # A structure mismatch is the caller's mistake: no fallback, no warning.
     with pytest.raises(ValueError, match="params structure differs"):
         checkpoint.restore(directory, params_like={"other": jnp.ones(2)})
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class Box:
+    """A framework-style wrapper: a pytree node holding its array as `.value`."""
+
+    def __init__(self, value, tag="param"):
+        self.value, self.tag = value, tag
+
+    def tree_flatten_with_keys(self):
+        return ((jax.tree_util.GetAttrKey("value"), self.value),), self.tag
+
+    @classmethod
+    def tree_unflatten(cls, tag, children):
+        return cls(children[0], tag)
+
+
+def test_wrapped_arrays_are_stored_pure_and_rewrapped(tmp_path):
+    opt = O.sgd(0.1, momentum=0.9)
+    pure = {"w": jnp.arange(3.0), "b": jnp.ones(2)}
+    state = opt.init(pure)
+    wrapped = {k: Box(v) for k, v in pure.items()}
+    boxed_state = jax.tree.map(lambda x: Box(x, "state"), state)
+    checkpoint.save(tmp_path, 1, wrapped, boxed_state, optimizer=opt)
+    r = checkpoint.restore(tmp_path)
+    same(r.params, pure)
+    same(r.opt_state, state)
+    like = {k: Box(jnp.zeros_like(v), "like") for k, v in pure.items()}
+    r = checkpoint.restore(tmp_path, params_like=like, opt_state_like=boxed_state)
+    assert all(isinstance(r.params[k], Box) and r.params[k].tag == "like" for k in pure)
+    same({k: b.value for k, b in r.params.items()}, pure)
+    same(r.opt_state, boxed_state)
+
+
+class Monitor(NamedTuple):
+    value: jax.Array
+    count: jax.Array
+
+
+def test_a_state_with_a_field_named_value_is_not_unwrapped(tmp_path):
+    extra = {"monitor": Monitor(jnp.float32(2.5), jnp.int32(4)), "box": Box(Monitor(1.0, 2))}
+    checkpoint.save(tmp_path, 0, {"w": jnp.ones(2)}, (), extra=extra)
+    r = checkpoint.restore(tmp_path)
+    assert float(r.extra["monitor"]["value"]) == 2.5 and int(r.extra["monitor"]["count"]) == 4
+    assert float(r.extra["box"]["value"]) == 1.0 and int(r.extra["box"]["count"]) == 2
