@@ -91,6 +91,11 @@ def read_meta(step_dir: Path, step: int) -> dict[str, Any]:
         raise Unusable(f"restore: step {step}: {path} is not valid JSON ({e})") from e
     checksum = meta.pop("sha256", None) if isinstance(meta, dict) else None
     if not isinstance(checksum, str):
+        if isinstance(meta, dict) and meta.get("format_version") == 1:
+            raise Unusable(
+                f"restore: step {step}: {path} is format version 1, whose config has no "
+                f"checksum and cannot be verified; save it again with this cadence"
+            )
         raise Unusable(f"restore: step {step}: {path} is not a cadence checkpoint's metadata")
     if hashlib.sha256(_canonical(meta)).hexdigest() != checksum:
         raise Unusable(
