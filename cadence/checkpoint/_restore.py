@@ -75,7 +75,7 @@ def _optimizer(meta: dict[str, Any], step: int) -> Any:
 
     try:
         return O.from_config(meta["optimizer"])
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RecursionError) as e:
         raise L.Unusable(f"restore: step {step}: the saved optimizer config: {e}") from e
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -99,6 +100,7 @@ def test_sigkill_while_saving_loses_nothing_saved_before(tmp_path):
     assert not any(p.name.startswith(TEMPORARY) for p in tmp_path.iterdir())
 
 
+@pytest.mark.skipif(os.name != "posix", reason="select on pipes is POSIX")
 def test_two_processes_saving_into_one_directory_lose_no_returned_save(tmp_path):
     # Writer A saves even steps, B odd ones, into the same directory at the
     # same time; every step whose save() returned must be there and readable.
@@ -119,6 +121,8 @@ def test_two_processes_saving_into_one_directory_lose_no_returned_save(tmp_path)
     announced: list[int] = []
     try:
         for w in writers:  # both have imported everything: their saves overlap
+            ready, _, _ = select.select([w.stdout], [], [], 180)
+            assert ready, "a writer did not start within 180 s"
             assert w.stdout.readline().strip() == "ready", w.stderr.read()[-3000:]
         for w in writers:
             w.stdin.write("go\n")
