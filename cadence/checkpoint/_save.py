@@ -70,7 +70,12 @@ def write_step(
     trees = {"params": T.pure(params), "opt_state": T.pure(opt_state), "extra": T.pure(extra)}
     final = root / str(step)
     if final.exists():
-        raise ValueError(f"save: step {step} already exists in {root}")
+        if L.is_complete(root, step):
+            raise ValueError(f"save: step {step} already exists in {root}")
+        raise ValueError(
+            f"save: {final} is in the way: it is not a complete step (no verified "
+            f"metadata); remove it to save step {step}"
+        )
     meta = {
         "format": "cadence.checkpoint",
         "format_version": L.FORMAT_VERSION,

@@ -339,6 +339,8 @@ def test_stray_and_damaged_steps_are_skipped_by_latest_step_and_restore(saved):
     assert "step 70: " in message and "written for step 3" in message
     with pytest.raises(ValueError, match="step 70: .*written for step 3"):
         checkpoint.restore(directory, 70)
+    with pytest.raises(ValueError, match=r"/80 is in the way: it is not a complete step"):
+        checkpoint.save(directory, 80, params, state)
 
 
 def test_restore_falls_back_over_a_step_with_damaged_arrays(saved):
