@@ -7,13 +7,13 @@ from typing import Any
 import jax
 
 from ._groups import DEFAULT, Record, is_variable, pick
-from ._wrappers import ReduceOnPlateauState
 
 __all__ = ["hyperparams"]
 
 # Fields through which a state holds another transformation's state: ours
 # (`inner`), optax's inject_hyperparams (`inner_state`) and MultiSteps
-# (`inner_opt_state`).
+# (`inner_opt_state`); a dict there (or in multi_transform's `inner_states`)
+# holds one state per label.
 _INNER = ("inner", "inner_state", "inner_opt_state")
 
 
@@ -22,8 +22,8 @@ def hyperparams(state: Any, path: str | None = None) -> Record:
 
     Looks through `chain`, `accumulate`, `skip_nonfinite`, `reduce_on_plateau`
     (whose lr scale it applies to ``lr``), and optax's `chain`, `MultiSteps`,
-    `masked`, `inject_hyperparams`, `multi_transform` (values by label:
-    ``{"lr": {label: value}}``) and `contrib.reduce_on_plateau` placed after
+    `masked`, `inject_hyperparams`, `multi_transform` and `partition` (values
+    by label: ``{"lr": {label: value}}``) and `contrib.reduce_on_plateau` placed after
     the optimizer (its scale applied to ``lr``). Where an optimizer has
     parameter groups, each value is a dict by group pattern, with the
     unmatched parameters under ``"default"``; pass `path` to get, always, one
@@ -46,7 +46,7 @@ def hyperparams(state: Any, path: str | None = None) -> Record:
         ValueError: if two transformations in the state report the same name,
             if optax's `reduce_on_plateau` comes before the optimizer (it then
             scales the gradients, not the lr), or if `path` is given for a
-            `multi_transform` state (its labels are not in the state).
+            state by label (`partition`, `multi_transform`).
 
     Example:
         >>> import jax.numpy as jnp
@@ -97,20 +97,24 @@ def _scaled_lr(found: dict[str, Any], scale: Any) -> None:
 
 
 def _collect(state: Any, out: dict[str, Any], path: str | None) -> None:
-    if isinstance(state, ReduceOnPlateauState):
+    # A wrapper that scales its inner updates names the field holding the
+    # scale of the last one (`reduce_on_plateau`: a protocol, so that this
+    # module needs none of the wrappers).
+    scale_field = getattr(type(state), "lr_scale_field", None)
+    if scale_field is not None:
         inner: dict[str, Any] = {}
         _collect(state.inner, inner, path)
-        _scaled_lr(inner, state.last_scale)
+        _scaled_lr(inner, getattr(state, scale_field))
         _merge(out, inner)
         return
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         own: dict[str, Any] = {}
-        for name in _INNER:
-            if name in state._fields:
-                _collect(getattr(state, name), own, path)
-        per_label = getattr(state, "inner_states", None)
-        if isinstance(per_label, dict):
-            _merge(own, _by_label(per_label, path))
+        for name in (*_INNER, "inner_states"):
+            inner = getattr(state, name, None)
+            if isinstance(inner, dict):  # by label: O.partition, optax.multi_transform
+                _merge(own, _by_label(inner, path))
+            elif name in state._fields:
+                _collect(inner, own, path)
         recorded = getattr(state, "hyperparams", None)
         if isinstance(recorded, dict):
             if path is not None:
@@ -142,11 +146,11 @@ def _collect(state: Any, out: dict[str, Any], path: str | None) -> None:
 
 
 def _by_label(states: dict[str, Any], path: str | None) -> dict[str, dict[str, Any]]:
-    """optax.multi_transform's states: ``{name: {label: value}}``."""
+    """States by label (partition, multi_transform): ``{name: {label: value}}``."""
     if path is not None:
         raise ValueError(
-            "hyperparams: a multi_transform state holds values per label, and the labels of "
-            "parameters are not in the state; call hyperparams(state) without path"
+            "hyperparams: this state holds values by label (partition or multi_transform), "
+            "and the labels of parameters are not in it; call hyperparams(state) without path"
         )
     out: dict[str, dict[str, Any]] = {}
     for label, s in states.items():

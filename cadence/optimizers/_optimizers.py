@@ -13,7 +13,6 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _native
 from ._base import (
     BOOL,
     DTYPE,
@@ -134,6 +133,8 @@ class sgd(Optimizer):
         torch.optim.SGD (PyTorch 2.x); Sutskever et al., 2013.
     """
 
+    reference = "torch.optim.SGD"
+
     State = SGDState
     _optional = {"momentum_buffer": "momentum"}
 
@@ -150,10 +151,10 @@ class sgd(Optimizer):
         if self.nesterov and (is_zero(self.momentum) or damped):
             raise ValueError("sgd: nesterov needs momentum > 0 and dampening 0")
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self._nonzero("momentum") else ()
 
-    def _scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
+    def scalars(self, hp: dict[str, jax.Array], count: jax.Array) -> dict[str, jax.Array]:
         first = count == 0
         # torch starts the buffer as a copy of the gradient (no dampening), and
         # with momentum 0 uses the gradient itself.
@@ -163,13 +164,7 @@ class sgd(Optimizer):
             "take": jnp.where(first | (hp["momentum"] == 0), 1.0, 1 - hp["dampening"]),
         }
 
-    def _native_kernel(self, bufs, decay):
-        if "momentum_buffer" not in bufs:
-            return None  # XLA's one loop over (param, grad) is already a single pass
-        flags = (_native.DECAY if decay else 0) | (_native.NESTEROV if self.nesterov else 0)
-        return "cadence_sgd", ("weight_decay", "keep", "take", "momentum", "-lr"), flags
-
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         if "momentum_buffer" in bufs:
@@ -198,10 +193,10 @@ class _Adam(Optimizer):
     State = AdamState
     _decoupled: ClassVar[bool]
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         t = as_float(count) + 1
         return hp | {
             "1-b1": 1 - hp["b1"],
@@ -216,14 +211,7 @@ class _Adam(Optimizer):
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
 
-    def _native_kernel(self, bufs, decay):
-        if "nu_max" in bufs:
-            return None
-        flags = (_native.DECAY if decay else 0) | (_native.DECOUPLED if self._decoupled else 0)
-        names = ("weight_decay", "1-b1", "b2", "1-b2", "-step_size", "1/bc2_sqrt", "eps", "1-lr*wd")
-        return "cadence_adam", names, flags
-
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None and not self._decoupled:
             g = g + s["weight_decay"] * p
         mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
@@ -281,6 +269,8 @@ class adam(_Adam):
         torch.optim.Adam (PyTorch 2.x); Kingma & Ba, 2015; Reddi et al., 2018 (AMSGrad).
     """
 
+    reference = "torch.optim.Adam"
+
     _decoupled = False
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)
@@ -328,6 +318,8 @@ class adamw(_Adam):
     References:
         torch.optim.AdamW (PyTorch 2.x); Loshchilov & Hutter, 2019.
     """
+
+    reference = "torch.optim.AdamW"
 
     _decoupled = True
 
@@ -381,6 +373,8 @@ class rmsprop(Optimizer):
         torch.optim.RMSprop (PyTorch 2.x); Hinton, Coursera lecture 6e; Graves, 2013 (centered).
     """
 
+    reference = "torch.optim.RMSprop"
+
     State = RMSpropState
     _optional = {"momentum_buffer": "momentum"}
 
@@ -393,20 +387,14 @@ class rmsprop(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         names = ("square_avg", "grad_avg") if self.centered else ("square_avg",)
         return names + (("momentum_buffer",) if self._nonzero("momentum") else ())
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         return hp | {"-lr": -hp["lr"], "1-alpha": 1 - hp["alpha"]}
 
-    def _native_kernel(self, bufs, decay):
-        flags = (_native.DECAY if decay else 0) | (_native.CENTERED if "grad_avg" in bufs else 0)
-        flags |= _native.BUFFER if "momentum_buffer" in bufs else 0
-        names = ("weight_decay", "alpha", "1-alpha", "eps", "momentum", "-lr")
-        return "cadence_rmsprop", names, flags
-
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         # (1 - alpha) * g first, as torch's addcmul_ (see `_Adam._kernel`).
@@ -460,6 +448,8 @@ class adagrad(Optimizer):
         torch.optim.Adagrad (PyTorch 2.x); Duchi et al., 2011.
     """
 
+    reference = "torch.optim.Adagrad"
+
     State = AdagradState
 
     lr: Hyper = field(HYPER, 1e-2, check=NONNEG)
@@ -470,16 +460,16 @@ class adagrad(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("sum",)
 
-    def _init_buffer(self, name, shape, dtype, hp):
+    def init_buffer(self, name, shape, dtype, hp):
         return jnp.full(shape, hp["initial_accumulator_value"], dtype)
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         return hp | {"-clr": -(hp["lr"] / (1 + as_float(count) * hp["lr_decay"]))}
 
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         if p is not None:
             g = g + s["weight_decay"] * p
         total = keep("sum", bufs["sum"] + g * g)
@@ -520,6 +510,8 @@ class lion(Optimizer):
         Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
     """
 
+    reference = "Lion (the paper; lion-pytorch)"
+
     State = LionState
 
     lr: Hyper = field(HYPER, 1e-4, check=NONNEG)
@@ -529,10 +521,10 @@ class lion(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
-    def _buffers(self) -> tuple[str, ...]:
+    def buffers(self) -> tuple[str, ...]:
         return ("mu",)
 
-    def _scalars(self, hp, count):
+    def scalars(self, hp, count):
         return hp | {
             "-lr": -hp["lr"],
             "1-b1": 1 - hp["b1"],
@@ -540,11 +532,7 @@ class lion(Optimizer):
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
 
-    def _native_kernel(self, bufs, decay):
-        names = ("-lr", "b1", "1-b1", "b2", "1-b2", "1-lr*wd")
-        return "cadence_lion", names, _native.DECAY if decay else 0
-
-    def _kernel(self, p, g, bufs, s, keep):
+    def kernel(self, p, g, bufs, s, keep):
         update = s["-lr"] * jnp.sign(s["b1"] * bufs["mu"] + s["1-b1"] * g)
         if p is not None:
             update = update + _decay(p, s)

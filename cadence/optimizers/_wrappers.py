@@ -32,6 +32,7 @@ from ._base import (
     zero_count,
     zeros_like_output,
 )
+from ._hyperparams import lr_of
 
 __all__ = [
     "AccumulateState",
@@ -187,6 +188,9 @@ class ReduceOnPlateauState(NamedTuple):
     cooldown_counter: jax.Array
     inner: Any
 
+    # For `hyperparams`: the lr the last update used is the inner one times this.
+    lr_scale_field = "last_scale"
+
 
 @transformation_type
 class reduce_on_plateau(Transformation):
@@ -283,8 +287,6 @@ class reduce_on_plateau(Transformation):
                 "    state = state.replace(step=state.step + 1, params=optax.apply_updates("
                 "state.params, updates), opt_state=opt_state)"
             )
-        from ._hyperparams import lr_of
-
         out, inner = self.tx.update(updates, state.inner, params, value=value, **extra)
         scale = state.scale
         out = jax.tree.map(

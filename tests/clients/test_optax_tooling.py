@@ -62,6 +62,16 @@ def test_multi_transform_reports_values_by_label():
         O.hyperparams(opt.init(params), path="x")
 
 
+def test_partition_reports_values_by_label():
+    params = {"h": jnp.zeros((2, 2)), "b": jnp.zeros(2)}
+    opt = O.partition({"m": O.sgd(0.1), "a": O.adamw(0.2)}, O.rules(("m", "**", 2), ("a",)))
+    hp = _floats(O.hyperparams(_run(opt, params)))
+    assert hp["lr"] == pytest.approx({"m": 0.1, "a": 0.2})
+    assert hp["b2"] == pytest.approx({"a": 0.999})
+    with pytest.raises(ValueError, match="by label"):
+        O.hyperparams(opt.init(params), path="h")
+
+
 def test_optax_reduce_on_plateau_after_the_optimizer_scales_lr():
     opt = optax.chain(O.sgd(0.5), optax.contrib.reduce_on_plateau(patience=0, factor=0.1))
     state = opt.init(jnp.zeros(2))

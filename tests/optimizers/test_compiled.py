@@ -60,13 +60,13 @@ def test_donated_step_copies_no_state(name, dtype):
 
 def test_kernel_is_traced_once_per_leaf_signature(monkeypatch):
     calls = []
-    kernel = O.adamw._kernel
+    kernel = O.adamw.kernel
 
     def counting(self, *args):
         calls.append(args[1].shape)
         return kernel(self, *args)
 
-    monkeypatch.setattr(O.adamw, "_kernel", counting)
+    monkeypatch.setattr(O.adamw, "kernel", counting)
     opt = O.adamw(1e-3)
     params = {f"w{i}": jnp.ones((4, 3)) for i in range(12)} | {"b": jnp.ones(3)}
     state = opt.init(params)

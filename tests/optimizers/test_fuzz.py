@@ -77,7 +77,7 @@ def _examples():
     for name in sorted(EVERYTHING):
         by_type.setdefault(type(EVERYTHING[name]).__name__, EVERYTHING[name])
     for type_name, cls in B.REGISTRY.items():
-        for args in ((), (0.1,), (O.sgd(0.1),)):
+        for args in ((), (0.1,), (O.sgd(0.1),), ({"a": O.sgd(0.1)}, O.rules(("a",)))):
             if type_name in by_type:
                 break
             try:
@@ -94,6 +94,9 @@ EXAMPLES = _examples()
 def _build(example, name, value):
     if isinstance(example, O.chain):
         return O.chain(*example.txs, value)
+    if isinstance(example, O.partition):
+        args = {"transforms": example.transforms, "label_fn": example.label_fn}
+        return O.partition(**(args | {name: value}))
     fields = {f.name: getattr(example, f.name) for f in dataclasses.fields(example)}
     return type(example)(**(fields | {name: value}))
 
@@ -115,8 +118,8 @@ def test_constructors_refuse_bad_values_naming_the_argument(data):
 
 def _check_stored(tx):
     """What a constructor accepted is stored as a usable value."""
-    if isinstance(tx, O.chain):
-        for t in tx.txs:
+    if isinstance(tx, (O.chain, O.partition)):
+        for t in tx.txs if isinstance(tx, O.chain) else tx.transforms.values():
             _check_stored(t)
         return
     for f in dataclasses.fields(tx):
