@@ -30,6 +30,7 @@ from cadence import schedules as S
 from cadence.schedules import _base as SB
 from cadence.schedules._config import config_float
 
+from ._checks import array_scalar, check_complex, check_count, check_width, rebuild_unchecked
 from ._sharding import placing
 from ._trees import path_str
 
@@ -321,19 +322,6 @@ def transformation_type(cls: _T) -> _T:
     return final(cls)
 
 
-def rebuild_unchecked(cls: type, fields: dict[str, Any]) -> Any:
-    """An instance of `cls` with these fields, unvalidated, as tree utilities rebuild one.
-
-    jax, equinox and optax put tracers, arrays, None, booleans or sentinels in
-    the leaves (``eqx.partition``, ``jax.tree.map(jnp.asarray, opt)``, vmap's
-    axis trees): values a user's constructor call would rightly refuse.
-    """
-    obj = Transformation.__new__(cls)
-    for name, value in fields.items():
-        set_field(obj, name, value)
-    return obj
-
-
 def register(cls: type) -> None:
     """Make `cls` buildable by `from_config` under its class name."""
     old = REGISTRY.get(cls.__name__)
@@ -361,22 +349,11 @@ def _is_number(x: Any) -> bool:
 def check_float(owner: str, name: str, x: Any, check: str) -> Any:
     """Validate a float hyperparameter against `check`; return it as a Python float.
 
-    A concrete 0-d NumPy or JAX array counts as the number it holds (frameworks
-    that keep the optimizer as static data, such as ``nnx.Optimizer``, refuse
-    arrays there); a tracer (under `jit` or `vmap`) stays as it is.
+    A concrete 0-d array counts as the number it holds; a tracer stays as it is.
     """
     if isinstance(x, jax.core.Tracer):
         return x
-    if isinstance(x, (np.ndarray, np.generic, jax.Array)) and not isinstance(x, np.bool_):
-        if np.shape(x) != () or not jnp.issubdtype(x.dtype, jnp.number):
-            raise TypeError(f"{owner}: {name} must be a number (or a 0-d array), got {x!r}")
-        if np.iscomplexobj(x):
-            raise TypeError(f"{owner}: {name} must be a real number, got {x!r}")
-        x = np.asarray(x)
-        # A float32 array holds 1e-3 as 0.0010000000474974513: keep the number
-        # its dtype prints (the same float32), as the user wrote it.
-        narrow = jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize <= 4
-        x = float(str(x.astype(np.float32))) if narrow else float(x)
+    x = array_scalar(owner, name, x)
     if not _is_number(x):
         raise TypeError(
             f"{owner}: {name} must be a number, a schedule or a callable of the step, got {x!r}"
@@ -419,27 +396,14 @@ def check_dtype(owner: str, name: str, x: Any) -> str | None:
         raise TypeError(f"{owner}: {name} must be a dtype or None, got {x!r}") from e
     if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"{owner}: {name} must be a floating dtype, got {dtype.name}")
-    if dtype.itemsize < 2:
-        # float8_e4m3fn holds magnitudes from about 2e-3 to 448: a second
-        # moment (squared gradients) underflows to 0, and Adam divides by eps.
-        raise ValueError(
-            f"{owner}: {name} {dtype.name} is too narrow for optimizer state (it cannot "
-            "hold second moments); use bfloat16, float16, float32 or float64"
-        )
+    check_width(owner, name, dtype)
     return dtype.name
 
 
 def check_int(obj: Any, name: str, *, minimum: int) -> None:
     """A static count: an integer (not a bool) in [minimum, 2**31 - 1] (the int32 state)."""
-    x = getattr(obj, name)
-    if isinstance(x, (bool, np.bool_)):
-        raise TypeError(f"{type(obj).__name__}: {name} must be an integer, got {x!r}")
+    check_count(obj, name)
     SB.check_int(obj, name, minimum=minimum)
-    if getattr(obj, name) > INT32_MAX:
-        raise ValueError(
-            f"{type(obj).__name__}: {name} must be <= {INT32_MAX} (2**31 - 1, the int32 "
-            f"counters' limit), got {x!r}"
-        )
 
 
 def check_choice(obj: Any, name: str, choices: Sequence[str]) -> None:
@@ -521,7 +485,7 @@ def check_tree(owner: str, grads: Any, reference: Any, what: str, *, shapes: boo
                     f"{owner}: grads at {_show(path)} have shape {np.shape(g)}, but "
                     f"{what} has shape {np.shape(r)} there"
                 )
-            _check_complex(owner, path, g, r, what)
+            check_complex(owner, _show(path), g, r, what)
         return
     gpaths = [p for p, _ in gl]
     rpaths = [p for p, _ in rl]
@@ -543,19 +507,6 @@ def check_tree(owner: str, grads: Any, reference: Any, what: str, *, shapes: boo
     raise ValueError(
         f"{owner}: grads do not match {what}: same paths, different containers ({gdef} vs {rdef})"
     )
-
-
-def _check_complex(owner: str, path: Any, g: Any, r: Any, what: str) -> None:
-    """Complex gradients on real parameters: refuse, instead of dropping their imaginary part."""
-    if not hasattr(g, "dtype") or not hasattr(r, "dtype"):
-        return
-    if jnp.issubdtype(g.dtype, jnp.complexfloating) and not jnp.issubdtype(
-        r.dtype, jnp.complexfloating
-    ):
-        raise ValueError(
-            f"{owner}: grads at {_show(path)} are complex ({g.dtype}) but {what} is real "
-            f"({r.dtype}) there; pass real gradients (e.g. jnp.real(g))"
-        )
 
 
 def zeros_like_output(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

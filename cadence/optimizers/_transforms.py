@@ -24,12 +24,12 @@ from ._base import (
     compute_dtype,
     field,
     increment,
-    rebuild_unchecked,
     register,
     set_field,
     transformation_type,
     zero_count,
 )
+from ._checks import rebuild_unchecked
 from ._flatten import flatten
 from ._groups import evaluate
 from ._optimizer import Optimizer
