@@ -246,8 +246,9 @@ class Optimizer(Transformation):
     # Buffers whose shape is not the parameter's (Adafactor's row and column
     # moments): `init_buffer` decides it from the parameter's shape.
     reduced: ClassVar[tuple[str, ...]] = ()
-    # Whether `kernel` is elementwise (no matrix products, no norms of a
-    # leaf): then `step` on a CPU runs it as one generated loop per leaf.
+    # False for a whole-leaf `kernel` (matrix products, norms of a leaf): its
+    # `step` is never traced for a generated loop. (A kernel that is not
+    # elementwise gets no loop either way: the generator refuses it.)
     elementwise: ClassVar[bool] = True
 
     state_dtype: str | None
