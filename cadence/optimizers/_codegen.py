@@ -1,7 +1,8 @@
 """Single-pass CPU kernels written from an optimizer's own arithmetic.
 
 An elementwise optimizer's step for one leaf (`kernel`, the learning rate and
-weight decay, then ``optax.apply_updates``) is traced on 0-d values, and the
+weight decay, then ``optax.apply_updates``) is traced on a short vector (so a
+reduction or a matrix product shows, and is refused) with its scalars, and the
 resulting jaxpr is translated, operation for operation, into one C++ loop that
 reads the parameter, the gradient and each buffer once and writes the new
 parameter and buffers in place. Nobody writes C++ for an optimizer: the
@@ -36,6 +37,8 @@ from jax.extend import core as jex
 
 __all__ = ["Kernel", "generate"]
 
+# The shape leaf arrays are traced with (any length but 1 would do).
+_LEAF = (3,)
 _CTYPES = {"float64": "double", "float32": "float", "bfloat16": "float", "bool": "bool"}
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _COMPARE = {"gt": ">", "lt": "<", "ge": ">=", "le": "<=", "eq": "==", "ne": "!="}
@@ -86,9 +89,10 @@ def generate(
 ) -> Kernel | None:
     """The single-pass kernel for ``step(p, g, bufs, s) -> (new_p, new_bufs)``, or None.
 
-    `step` is traced on 0-d values: a parameter and gradient of dtype
-    `param`, buffers of the given dtypes and the scalars `s`. None when it
-    uses an operation that has no exact translation.
+    `step` is traced on a parameter, gradient and buffers shaped like a leaf
+    (of dtype `param` and the buffers' dtypes) and the 0-d scalars `s`. None
+    when it uses an operation that is not elementwise or has no exact
+    translation.
     """
     names = [n for n, _ in buffers]
     snames = list(scalars)
@@ -99,20 +103,26 @@ def generate(
         new_p, new_bufs = step(p, g, bufs, s)
         return [new_p, *(new_bufs[n] for n in names)]
 
-    avals = [jax.ShapeDtypeStruct((), param)] * 2
-    avals += [jax.ShapeDtypeStruct((), d) for _, d in buffers]
+    # The leaf arrays are traced as vectors, so that anything that is not
+    # elementwise (a reduction, a matrix product, a reshape) shows in the
+    # program and is refused; the scalars as scalars.
+    avals = [jax.ShapeDtypeStruct(_LEAF, param)] * 2
+    avals += [jax.ShapeDtypeStruct(_LEAF, d) for _, d in buffers]
     avals += [jax.ShapeDtypeStruct((), d) for d in scalars.values()]
     try:
         closed = jax.make_jaxpr(flat)(*avals)
-        program = _Program.build(closed)
-        return program.kernel(names, snames)
+    except Exception:  # noqa: BLE001 (a whole-leaf rule may refuse a vector: no kernel then)
+        return None
+    try:
+        return _Program.build(closed).kernel(names, snames)
     except _Unsupported:
         return None
 
 
 def _dtype(aval: Any) -> str:
+    """The dtype of a value of the element loop: a per-element (leaf-shaped) or scalar one."""
     name = jnp.dtype(aval.dtype).name
-    if name not in _CTYPES or aval.shape != ():
+    if name not in _CTYPES or aval.shape not in ((), _LEAF):
         raise _Unsupported(f"{name}{aval.shape}")
     return name
 
@@ -167,7 +177,9 @@ class _Program:
             (out,) = eqn.outvars
             dtype = _dtype(out.aval)
             if name in ("copy", "copy_p") or (
-                name in ("broadcast_in_dim", "reshape", "squeeze") and out.aval.shape == ()
+                # A scalar broadcast over the leaf, or a shape kept as it is.
+                name in ("broadcast_in_dim", "reshape", "squeeze")
+                and eqn.invars[0].aval.shape in ((), out.aval.shape)
             ):
                 env[out] = ins[0]
                 continue

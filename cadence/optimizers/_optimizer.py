@@ -245,8 +245,9 @@ class Optimizer(Transformation):
     # Buffers whose shape is not the parameter's (Adafactor's row and column
     # moments): `init_buffer` decides it from the parameter's shape.
     reduced: ClassVar[tuple[str, ...]] = ()
-    # Whether `kernel` is elementwise (no matrix products, no norms of a
-    # leaf): then `step` on a CPU runs it as one generated loop per leaf.
+    # False for a whole-leaf `kernel` (matrix products, norms of a leaf): its
+    # `step` is never traced for a generated loop. (A kernel that is not
+    # elementwise gets no loop either way: the generator refuses it.)
     elementwise: ClassVar[bool] = True
 
     state_dtype: str | None
@@ -328,14 +329,19 @@ class Optimizer(Transformation):
     def _traced(self, name: str) -> bool:
         return any(isinstance(x, jax.core.Tracer) for x in self._all(name))
 
+    def _decay_names(self) -> tuple[str, ...]:
+        """The `_decay` hyperparameters this optimizer has (a rule may have none)."""
+        return tuple(n for n in self._decay if n in hyper_fields(type(self)))
+
     def _decays(self) -> list[bool]:
         """Per group: whether any decay hyperparameter can be nonzero."""
         defaults = self._defaults()
-        out = [any(not is_zero(defaults[n]) for n in self._decay)]
+        names = self._decay_names()
+        out = [any(not is_zero(defaults[n]) for n in names)]
         if self.groups is not None:
             for _, group in self.groups.items():
                 merged = defaults | group
-                out.append(any(not is_zero(merged[n]) for n in self._decay))
+                out.append(any(not is_zero(merged[n]) for n in names))
         return out
 
     def _buffer_names(self) -> tuple[str, ...]:
@@ -463,9 +469,9 @@ class Optimizer(Transformation):
             check_tree(owner, grads, getattr(state, name), "the state", shapes=shapes)
         if params is not None:
             check_tree(owner, grads, params, "params")
-        elif any(self._nonzero(n) for n in self._decay):
+        elif any(self._nonzero(n) for n in self._decay_names()):
             raise ValueError(
-                f"{owner}: params are required when {' or '.join(self._decay)} is not 0"
+                f"{owner}: params are required when {' or '.join(self._decay_names())} is not 0"
             )
         values = group_values(self._defaults(), self.groups, state.count)
         shared = [

@@ -145,3 +145,27 @@ def test_a_vmapped_sweep_can_include_momentum_zero(make):
     swept = jax.vmap(train)(jnp.array([0.0, 0.9]))
     np.testing.assert_allclose(swept[0], train(0.0), rtol=1e-6)
     np.testing.assert_allclose(swept[1], train(0.9), rtol=1e-6)
+
+
+@O.optimizer_type
+class normalized(O.Optimizer):
+    """A whole-leaf rule that leaves `elementwise` at its default: the update is mu / |mu|."""
+
+    reference = "a test of the kernel generator"
+    per_leaf = ("mu",)
+    lr: float = O.hyper(0.1, check="nonneg")
+
+    def kernel(self, p, g, bufs, s, keep):
+        mu = keep("mu", bufs["mu"] + g)
+        return -s["lr"] * mu / jnp.linalg.norm(mu), {"mu": mu}
+
+
+def test_a_whole_leaf_rule_gets_no_generated_loop():
+    # Traced on a vector, its norm shows as a reduction: the generator
+    # refuses it (on a scalar it would have passed for |mu|), and `step` runs
+    # XLA's program, with the same numbers as `update`.
+    opt, p = normalized(), tree()
+    assert native_calls(opt, p) == 0
+    g = jax.tree.map(jnp.ones_like, p)
+    new, _ = jax.jit(opt.step)(g, opt.init(p), p)
+    np.testing.assert_allclose(new["layer"]["b"], p["layer"]["b"] - 0.1 / np.sqrt(3), rtol=1e-6)
