@@ -35,6 +35,10 @@ TRANSFORMS: dict[str, O.Transformation] = {
     "skip_nonfinite": O.skip_nonfinite(O.adamw(0.01)),
     "reduce_on_plateau": O.reduce_on_plateau(O.rmsprop(0.01), patience=1, cooldown=1),
     "flatten": O.flatten(O.adamw(0.01, groups={"*/b": {"weight_decay": 0.0}})),
+    "partition": O.partition(
+        {"matrices": O.sgd(0.1, momentum=0.9), "rest": O.adam(0.01, weight_decay=0.01)},
+        O.rules(("matrices", "**", 2), ("rest",)),
+    ),
 }
 
 EVERYTHING = OPTIMIZERS | TRANSFORMS

@@ -20,7 +20,7 @@ from cadence import checkpoint
 from cadence import optimizers as O
 from cadence.optimizers import _native
 
-from ..test_readme import README
+from ..test_readme import BLOCKS, README
 from .test_step import native_calls
 
 _SECTION = README.read_text().split("### Write your own optimizer", 1)[1]
@@ -29,7 +29,8 @@ _CODE = re.search(r"```python\n(.*?)```", _SECTION, flags=re.S).group(1)
 
 @pytest.fixture(scope="module")
 def signum():
-    namespace = {"__name__": "readme_custom_optimizer"}
+    # Under the name test_readme runs the block with: one type, defined again.
+    namespace = {"__name__": f"readme_block_{BLOCKS.index(_CODE)}"}
     exec(
         compile(_CODE, "README.md (Write your own optimizer)", "exec", dont_inherit=True), namespace
     )
