@@ -31,7 +31,9 @@ class AdafactorState(NamedTuple):
 
     A leaf keeps either ``row_var`` (its shape with the last dimension 1) and
     ``col_var`` (the second-to-last dimension 1), or ``variance`` (its own
-    shape); the buffers it does not use are empty arrays of shape (0,).
+    shape). A buffer it does not use is a one-element placeholder of its rank
+    (shape ``(1,) * ndim``): laid out like a reduction of the parameter, and
+    not empty, since orbax refuses to save zero-size arrays.
     """
 
     count: jax.Array
@@ -136,10 +138,11 @@ class adafactor(Optimizer):
 
     def init_buffer(self, name, shape, dtype, hp):
         factored = len(shape) >= 2
+        unused = (1,) * len(shape)
         if name == "variance":
-            shape = (0,) if factored else shape
+            shape = unused if factored else shape
         elif not factored:
-            shape = (0,)
+            shape = unused
         elif name == "row_var":
             shape = (*shape[:-1], 1)
         else:

@@ -19,9 +19,8 @@ from .examples import OPTIMIZERS
 # compiles to the same copy). Every other optimizer reads each buffer once.
 NO_COPY = sorted(set(OPTIMIZERS) - {"lion"})
 
-# `%name = f32[256]{0} copy(...)`: an array-sized copy in the entry computation
-# (not of an empty array: Adafactor's placeholder for a buffer a leaf lacks).
-_ARRAY_COPY = re.compile(r"= \w+\[[1-9][\d,]*\]\S* copy\(")
+# `%name = f32[256]{0} copy(...)`: an array-sized copy in the entry computation.
+_ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
 
 
 # Weight decay added to the gradient that two loops then read (the buffer's
