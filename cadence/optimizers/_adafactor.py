@@ -7,6 +7,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.shard_alike import shard_alike
 
 from ._base import (
     DTYPE,
@@ -166,6 +167,10 @@ class adafactor(Optimizer):
             square = g * g
             row = keep("row_var", torch_lerp(bufs["row_var"], _mean(square, -1), s["weight"]))
             col = keep("col_var", torch_lerp(bufs["col_var"], _mean(square, -2), s["weight"]))
+            # On a mesh XLA would replicate the new moments (reductions over
+            # a sharded axis); keep the layout the old ones had.
+            row = shard_alike(bufs["row_var"], row)[1]
+            col = shard_alike(bufs["col_var"], col)[1]
             new |= {"row_var": row, "col_var": col}
             var = (row * col) / jnp.maximum(jnp.mean(row, axis=-2, keepdims=True), eps1)
         else:
