@@ -209,6 +209,22 @@ def test_zero_step_updates_shards_and_gathers_the_updates(zero, name):
     assert r["collectives"]["all-to-all"] == r["collectives"]["collective-permute"] == []
 
 
+@pytest.mark.parametrize("name", ["nadam", "adafactor", "muon"])
+def test_zero_takes_the_newer_rules(zero, name):
+    r = zero[f"more_{name}"]
+    assert r["placement"] == r["layout_kept"] == []
+    assert r["max_diff"] < 1e-6  # Adafactor's norms summed from slices: 6e-8
+    if name == "adafactor":
+        # Row moments split over rows, column moments over columns, the
+        # one-element placeholders (and the matrices' variance) replicated.
+        assert r["specs"][".row_var['w1']"] == "P('data', None)"
+        assert r["specs"][".col_var['w1']"] == "P(None, 'data')"
+        assert r["specs"][".variance['w1']"] == "P(None, None)"
+        assert r["specs"][".row_var['b1']"] == "P(None,)"
+    else:
+        assert all("'data'" in spec for spec in r["specs"].values()), r["specs"]
+
+
 def test_zero_numerics_are_unchanged(zero):
     assert zero["adamw"]["bitwise"]
     # With clipping the global norm is summed from slices: rounding differs.

@@ -411,6 +411,35 @@ def zero() -> dict[str, Any]:
         r["max_diff"] = max_diff(runs["plain"][0], runs["zero"][0])
         r["bitwise"] = bitwise(runs["plain"][0], runs["zero"][0])
         report[name] = r
+    # The rules of the newer optimizers (Muon on the matrices): factored
+    # moments split along their kept dimensions, placeholders replicated.
+    for name, base in (
+        ("nadam", OPTIMIZERS["nadam"]),
+        ("adafactor", OPTIMIZERS["adafactor"]),
+        ("muon", MATRIX_OPTIMIZERS["muon"]),
+    ):
+        keys = MATRICES if name == "muon" else tuple(host)
+        p0 = {k: params0[k] for k in keys}
+        opt = O.shard_state(base, mesh, axis="data")
+        expected = O.state_shardings(opt, p0)
+        state = opt.init(p0)
+        r = {"placement": mismatches(state, expected)}
+        r["specs"] = {
+            path_of(path): spec_of(x.sharding)
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+            if x.ndim
+        }
+        runs = {}
+        for label, tx, s in (("plain", base, base.init(p0)), ("zero", opt, state)):
+            step = jax.jit(optimizer_step(tx))
+            p = p0
+            for t in range(5):
+                g = jax.tree.map(lambda a, t=t: jnp.cos(a * (t + 1)), p)
+                p, s = step(g, s, p)
+            runs[label] = (p, s)
+        r["layout_kept"] = mismatches(runs["zero"][1], expected)
+        r["max_diff"] = max_diff(runs["plain"][0], runs["zero"][0])
+        report[f"more_{name}"] = r
     return report
 
 
