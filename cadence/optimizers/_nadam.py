@@ -48,8 +48,10 @@ class nadam(Optimizer):
 
     The product :math:`\\Pi_t` is one scalar per parameter group in the state
     (``mu_product``), as torch keeps it beside each parameter. optax's
-    ``nadam`` is a different method (Dozat's, with a constant momentum and no
-    ``momentum_decay``).
+    ``nadam`` (``adam(nesterov=True)``) keeps :math:`\\beta_1` constant (no
+    ``momentum_decay``, no product) and bias-corrects as Adam does: from the
+    same start at lr 0.01 in float64 it is 0.66% of the largest parameter
+    away from torch after one update, 2.6% after five.
 
     torch keeps ``mu_product`` in its default dtype: a float64 run in torch
     matches this one only under ``torch.set_default_dtype(torch.float64)``

@@ -218,6 +218,24 @@ def test_adafactor_eps1_none_is_the_parameter_dtypes_epsilon():
         np.testing.assert_allclose(np.asarray(u, np.float32), -expected, rtol=1e-2)
 
 
+def test_adafactor_needs_params_unless_lr_is_zero():
+    # The step is scaled by the parameters' RMS (and decays them by lr * wd).
+    p = {"w": jnp.ones((2, 3))}
+    with pytest.raises(ValueError, match="adafactor.update: params are required when lr is not 0"):
+        O.adafactor().update(p, O.adafactor().init(p))
+    u, _ = O.adafactor(0.0).update(p, O.adafactor(0.0).init(p))
+    assert not np.any(np.asarray(u["w"]))
+
+
+def test_muon_reports_its_hyperparameters():
+    opt = MATRIX_OPTIMIZERS["muon_groups"]
+    state = opt.update(_grads(0), opt.init(matrices()), matrices())[1]
+    hp = O.hyperparams(state)
+    assert set(hp) == {"lr", "weight_decay", "momentum", "eps"}
+    assert float(hp["lr"]["head/**"]) == pytest.approx(0.01)
+    assert float(hp["weight_decay"]["default"]) == pytest.approx(0.1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
