@@ -2,6 +2,7 @@
 
 Run ``python -m benchmarks`` (or ``make bench``); ``--help`` lists the flags and
 ``benchmarks/README.md`` explains the columns and holds the latest figures.
-Nothing here is imported by cadence or by its tests, except the smoke test that
-runs the harness on tiny shapes.
+``python -m benchmarks.device`` is the same comparison on an accelerator.
+Nothing here is imported by cadence or by its tests, except the tests that run
+the harness and the device check on tiny shapes.
 """

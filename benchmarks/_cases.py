@@ -27,7 +27,7 @@ def _runners(
     spec: Spec, shape: Shape, data: dict[str, Any], exhaustive: bool
 ) -> tuple[list[Runner], list[dict]]:
     """The timed runners and the rows that do not run (n/a, with the reason)."""
-    params_np, grads_np, grads = data["params_np"], data["grads_np"], data["grads"]
+    params_np, grads = data["params_np"], data["grads"]
     dtype = shape.dtype
 
     def jax_row(
@@ -40,10 +40,17 @@ def _runners(
         jax_row("cadence.step", "cadence", cadence, make=_jax.make_native_step),
         jax_row("cadence.flatten", "cadence", spec.flat(None), make=_jax.make_native_step),
         jax_row("cadence", "cadence", cadence),
-        jax_row("optax", "optax", spec.optax()),
     ]
     missing = []
     big = shape.n_leaves > BIG_TREE
+    if spec.optax is None:
+        note = f"optax has no {spec.name} with these numerics"
+        missing += [
+            {"variant": v, "library": "optax", "median_ms": None, "note": note}
+            for v in ("optax", "optax.flatten")
+        ]
+        return runners + _torch_rows(spec, data, dtype, missing), missing
+    runners.append(jax_row("optax", "optax", spec.optax()))
 
     def skip(variant: str) -> None:
         note = f"skipped: slow to compile at {shape.n_leaves} leaves (--exhaustive runs it)"
@@ -57,11 +64,18 @@ def _runners(
         runners.append(jax_row("optax.flatten", "optax", optax.flatten(spec.optax())))
     else:
         skip("optax.flatten")
-    runners.append(
+    return runners + _torch_rows(spec, data, dtype, missing), missing
+
+
+def _torch_rows(spec: Spec, data: dict[str, Any], dtype: Any, missing: list[dict]) -> list[Runner]:
+    """The jitted identity (the dispatch floor) and torch's runners; n/a rows go to `missing`."""
+    params_np, grads_np, grads = data["params_np"], data["grads_np"], data["grads"]
+    cadence = spec.cadence(None)
+    runners = [
         _jax.runner(
             "jit identity", "reference", _jax.identity, cadence.init, params_np, grads, dtype, True
         )
-    )
+    ]
     for mode in _torch.MODES:
         name = f"torch ({mode})"
         r = _torch.runner(spec, params_np, grads_np, dtype, mode)
@@ -75,7 +89,7 @@ def _runners(
         else:
             note = f"torch {spec.torch[0]} has no {mode} path"
         missing.append({"variant": name, "library": "torch", "median_ms": None, "note": note})
-    return runners, missing
+    return runners
 
 
 def run(

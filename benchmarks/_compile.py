@@ -146,6 +146,8 @@ def _child(argv: list[str]) -> None:
     jax.config.update("jax_enable_compilation_cache", False)
     spec = SPECS[args.kind]
     if args.library == "optax":
+        if spec.optax is None:
+            raise SystemExit(f"optax has no {spec.name} with cadence's numerics")
         tx = spec.optax()
     else:
         tx = spec.flat(None) if args.library == "cadence.flatten" else spec.cadence(None)

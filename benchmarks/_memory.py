@@ -32,7 +32,7 @@ def measure(specs: list[Spec], shape: Shape) -> list[dict[str, Any]]:
                 "n_params": n,
                 "cadence": _jax.state_bytes(spec.cadence(None), params) / n,
                 "cadence_bf16_state": _jax.state_bytes(spec.cadence(jnp.bfloat16), params) / n,
-                "optax": _jax.state_bytes(spec.optax(), params) / n,
+                "optax": _jax.state_bytes(spec.optax(), params) / n if spec.optax else None,
                 "torch": torch_bytes / n if torch_bytes is not None else None,
             }
         )

@@ -32,7 +32,8 @@ class Spec:
         buffers: per-parameter state arrays (each read and written once per step).
         extra_reads: further whole passes over the gradient (a global norm).
         cadence: ``state_dtype -> transformation``.
-        optax: builds the optax transformation.
+        optax: builds the optax transformation, or None where optax has no
+            counterpart with these numerics (the optax rows are then n/a).
         torch: ``(class name, kwargs)`` of torch.optim, or None where torch has none.
         torch_clip: call ``clip_grad_norm_(params, MAX_NORM)`` before the step.
         torch_cosine: step a ``CosineAnnealingLR(T_max=SCHEDULE_STEPS)`` after it.
@@ -44,7 +45,7 @@ class Spec:
     buffers: int
     extra_reads: int
     cadence: Callable[[Any], Any]
-    optax: Callable[[], optax.GradientTransformation]
+    optax: Callable[[], optax.GradientTransformation] | None
     torch: tuple[str, dict[str, Any]] | None
     torch_clip: bool = False
     torch_cosine: bool = False
@@ -148,6 +149,33 @@ SPECS: dict[str, Spec] = {
         ),
     ]
 }
+
+
+def _from_registry(name: str, cls: type) -> Spec:
+    """A Spec for an optimizer without a hand-written counterpart: cadence at its defaults.
+
+    The lr is the class default (1e-3 where it has none); torch's class is
+    taken from the reference where it is a torch.optim class, with that lr.
+    """
+    lr = next(f.default for f in dataclasses.fields(cls) if f.name == "lr")
+    lr = 1e-3 if lr is dataclasses.MISSING else lr
+
+    def build(dt: Any) -> Any:
+        return cls(lr=lr, state_dtype=dt)
+
+    torch = None
+    if cls.reference.startswith("torch.optim."):
+        torch = (cls.reference.removeprefix("torch.optim."), {"lr": lr})
+    buffers = len(build(None).buffers())
+    return Spec(name, name, buffers, 0, build, None, torch, fused=False)
+
+
+# Every optimizer in the registry is benchmarked: the ones above against their
+# optax and torch counterparts, the others on cadence's side (and torch's,
+# where the reference is a torch.optim class).
+for _name, _cls in O.optimizers().items():
+    if _cls.__module__.startswith("cadence.") and _name not in SPECS:
+        SPECS[_name] = _from_registry(_name, _cls)
 
 # What runs without --optimizers (adagrad is available but not a target).
 DEFAULT = ("sgd", "adam", "adamw", "rmsprop", "lion", "chain")

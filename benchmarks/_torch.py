@@ -29,9 +29,9 @@ def version() -> str | None:
     return torch.__version__ if torch is not None else None
 
 
-def _tensors(tree: dict[str, np.ndarray], dtype: str) -> list[Any]:
+def _tensors(tree: dict[str, np.ndarray], dtype: str, device: str = "cpu") -> list[Any]:
     dt = getattr(torch, dtype)
-    return [torch.from_numpy(v).to(dtype=dt, copy=True) for v in tree.values()]
+    return [torch.from_numpy(v).to(device=device, dtype=dt, copy=True) for v in tree.values()]
 
 
 def make(
@@ -40,13 +40,14 @@ def make(
     grads_np: dict[str, np.ndarray],
     dtype: str,
     mode: str,
+    device: str = "cpu",
 ) -> tuple[Any, list[Any], Any] | None:
-    """(optimizer, params, scheduler) for one path, or None where torch lacks it."""
+    """(optimizer, params, scheduler) for one path on `device`, or None where torch lacks it."""
     if torch is None or spec.torch is None or (mode == "fused" and not spec.fused):
         return None
     cls, kwargs = spec.torch
-    params = [torch.nn.Parameter(p) for p in _tensors(params_np, dtype)]
-    for p, g in zip(params, _tensors(grads_np, dtype), strict=True):
+    params = [torch.nn.Parameter(p) for p in _tensors(params_np, dtype, device)]
+    for p, g in zip(params, _tensors(grads_np, dtype, device), strict=True):
         p.grad = g
     opt = getattr(torch.optim, cls)(params, **kwargs, **MODES[mode])
     sched = None
@@ -61,9 +62,10 @@ def runner(
     grads_np: dict[str, np.ndarray],
     dtype: str,
     mode: str,
+    device: str = "cpu",
 ) -> Runner | None:
     """The training loop's optimizer part: clip (if the spec asks), step, schedule."""
-    built = make(spec, params_np, grads_np, dtype, mode)
+    built = make(spec, params_np, grads_np, dtype, mode, device)
     if built is None:
         return None
     opt, params, sched = built
@@ -75,8 +77,9 @@ def runner(
         if sched is not None:
             sched.step()
 
-    # CPU tensors: every torch call has finished when it returns.
-    return Runner(f"torch ({mode})", "torch", step, lambda: None, {"mode": mode})
+    # On the CPU every torch call has finished when it returns; CUDA calls only queue work.
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    return Runner(f"torch ({mode})", "torch", step, sync, {"mode": mode, "device": device})
 
 
 def state_bytes(spec: Spec, params_np: dict[str, np.ndarray], dtype: str) -> int | None:

@@ -4,17 +4,83 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cadence import schedules as S
 
+MAX_STEP = 2**31 - 1  # schedules count steps in int32
+# `plot` evaluates and draws every step: 10 million points take seconds and
+# about 200 MB; beyond that the picture would not change, only the wait.
+MAX_PLOT_STEPS = 10_000_000
+# No schedule config needs more levels; deeper ones only exhaust the stack.
+MAX_JSON_DEPTH = 100
 
-def _parse_value(text: str) -> Any:
+# Errors that a bad argument can raise anywhere on the way to the picture.
+_BAD_INPUT = (ValueError, TypeError, OSError, OverflowError, RecursionError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``prog: error: message``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _int_in(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}{why}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite_float(text: str) -> float:
     try:
-        return json.loads(text)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _json_depth(data: Any) -> int:
+    """How deeply `data` nests (iteratively: a deep config must not exhaust the stack)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend(
+                (child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+            )
+    return deepest
+
+
+def _load_json(text: str, what: str) -> Any:
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} nests too deeply (at most {MAX_JSON_DEPTH} levels)") from None
+    depth = _json_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"{what} nests {depth} levels deep; at most {MAX_JSON_DEPTH} are read")
+    return data
+
+
+def _parse_value(text: str, key: str) -> Any:
+    try:
+        return _load_json(text, f"--kw {key}")
     except json.JSONDecodeError:
         return text
 
@@ -64,7 +130,7 @@ def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--kw expects KEY=VALUE, got {item!r}")
-        extra[key] = _parse_value(value)
+        extra[key] = _parse_value(value, key)
     total = args.total if args.total is not None else args.steps
     if spec in S.NAMES:
         # The two names transformers gives no default for get one for plotting.
@@ -79,10 +145,17 @@ def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
         return S.warmup(schedule, args.warmup) if args.warmup else schedule
     if extra or args.warmup:
         raise ValueError("--warmup/--kw apply to registered names only, not to configs")
-    path = Path(spec)
-    text = path.read_text() if path.suffix == ".json" or path.is_file() else spec
+    text, what = spec, "the inline JSON"
+    if not spec.lstrip().startswith(("{", "[")):  # not inline JSON: a file, if any
+        path = Path(spec)
+        try:
+            is_file = path.is_file()
+        except OSError:  # e.g. a name too long to be a file
+            is_file = False
+        if path.suffix == ".json" or is_file:
+            text, what = path.read_text(), str(path)
     try:
-        config = json.loads(text)
+        config = _load_json(text, what)
     except json.JSONDecodeError as e:
         raise ValueError(
             f"{spec!r} is neither a schedule name ({', '.join(_names())}), "
@@ -95,18 +168,58 @@ def _names() -> list[str]:
     return [*S.NAMES, *_examples(1.0, 100)]
 
 
+def _output_path(output: str) -> Path:
+    """The file `plot` writes: `output`, with ".png" added when it has no suffix."""
+    from matplotlib.figure import Figure
+
+    path = Path(output)
+    if not path.parent.is_dir():
+        raise ValueError(f"-o {output}: there is no directory {path.parent}")
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise ValueError(
+            f"-o {output}: cannot write {path.suffix} files; use one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
+    return path
+
+
+def _check_values(schedule: S.Schedule, steps: int) -> None:
+    """Refuse a schedule that cannot be drawn: one not finite at some step."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    try:
+        with warnings.catch_warnings():
+            # An overflow to inf is reported below, naming the step.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            values = np.asarray(schedule(jnp.arange(steps + 1)))
+    except (OverflowError, ValueError, TypeError) as e:
+        raise ValueError(f"cannot evaluate {schedule!r}: {e}") from e
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        step = int(bad[0])
+        raise ValueError(f"{schedule!r} is {values[step]} at step {step}: nothing to plot")
+
+
 def _plot(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    output = _output_path(args.output)
     schedule = _schedule_from_arg(args)
+    _check_values(schedule, args.steps)
     ax = S.plot(schedule, args.steps)
     ax.set_ylabel(args.ylabel)
-    ax.figure.savefig(args.output, dpi=120)
-    plt.close(ax.figure)
-    print(f"wrote {args.output}: {schedule!r}")
+    try:
+        ax.figure.savefig(output, dpi=120)
+    finally:
+        plt.close(ax.figure)
+    print(f"wrote {output}: {schedule!r}")
     return 0
 
 
@@ -118,7 +231,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cadence``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m cadence",
         description="Learning-rate schedules and optimizers for JAX.",
     )
@@ -145,13 +258,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("schedule", metavar="SCHEDULE")
-    p.add_argument("--steps", type=int, default=1000, help="last step drawn (default 1000)")
-    p.add_argument("-o", "--output", default="schedule.png", help="PNG path")
-    p.add_argument("--peak", type=float, default=1e-3, help="peak lr for a name")
-    p.add_argument("--warmup", type=int, default=0, help="warmup steps before a named schedule")
+    p.add_argument(
+        "--steps",
+        type=_int_in(1, MAX_PLOT_STEPS, " (every step is drawn)"),
+        default=1000,
+        help=f"last step drawn, at most {MAX_PLOT_STEPS} (default 1000)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="schedule.png",
+        help="image path (default schedule.png; .png is added to a name without a suffix)",
+    )
+    p.add_argument("--peak", type=_finite_float, default=1e-3, help="peak lr for a name")
+    p.add_argument(
+        "--warmup",
+        type=_int_in(0, MAX_STEP),
+        default=0,
+        help="warmup steps before a named schedule",
+    )
     p.add_argument(
         "--total",
-        type=int,
+        type=_int_in(1, MAX_STEP),
         default=None,
         help="total steps for a name (default --steps)",
     )
@@ -175,7 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report test accuracy and plot learning rate and loss (demo.png)."
         ),
     )
-    d.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
+    d.add_argument(
+        "--steps", type=_int_in(1, MAX_STEP), default=600, help="training steps (default 600)"
+    )
     d.add_argument("--output-dir", default=".", help="where demo.png goes (default .)")
     d.add_argument("--no-plot", action="store_true", help="do not write demo.png")
     d.set_defaults(run=_demo)
@@ -183,8 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except _BAD_INPUT as e:
+        # One line: the first of the message (tracebacks are for bugs).
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"error: {lines[0]}", file=sys.stderr)
         return 2
 
 

@@ -120,3 +120,74 @@ def test_demo_trains_checkpoints_resumes_and_plots(tmp_path):
 def test_demo_rejects_too_few_steps(capsys):
     assert main(["demo", "--steps", "3", "--no-plot"]) == 2
     assert "--steps must be >= 10" in capsys.readouterr().err
+
+
+def run(argv) -> int:
+    """`main`'s exit status, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_inline_json_of_any_length(tmp_path, capsys):
+    s = S.join(
+        [S.warmup(S.cosine(1e-3, 900, end=1e-5), 100), S.linear(1e-5, 0.0, 500), S.constant(0.0)],
+        [1000, 1500],
+    )
+    inline = json.dumps(S.to_config(s), indent=2)
+    assert len(inline) > 255  # longer than a file name may be
+    assert main(["plot", inline, "--steps", "1600", "-o", str(tmp_path / "j.png")]) == 0
+    _png(tmp_path / "j.png")
+    assert f"wrote {tmp_path / 'j.png'}: {s!r}" in capsys.readouterr().out
+
+
+def test_output_without_suffix_is_written_and_reported_as_png(tmp_path, capsys):
+    assert main(["plot", "cosine", "--steps", "50", "-o", str(tmp_path / "noext")]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["noext.png"]
+    _png(tmp_path / "noext.png")
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'noext.png'}: ")
+
+
+DEEP = (
+    '{"type": "warmup", "steps": 1, "s": ' * 3000
+    + '{"type": "constant", "value": 1.0}'
+    + "}" * 3000
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["plot", "deep.json"], "deep.json nests too deeply"),
+        (["plot", DEEP], "the inline JSON nests too deeply"),
+        (["plot", '{"a": ' * 150 + "1" + "}" * 150], "nests 150 levels deep; at most 100"),
+        (["plot", "cosine", "--kw", "num_cycles=" + "[" * 5000 + "]" * 5000], "--kw num_cycles"),
+        (["plot", "cosine", "--steps", str(10**13)], "--steps: must be between 1 and 10000000"),
+        (["plot", "cosine", "--steps", str(2**31)], "--steps: must be between 1 and 10000000"),
+        (["plot", "cosine", "--steps", "2**31"], "--steps: expected an integer, got '2**31'"),
+        (["plot", "cosine", "--total", str(2**31)], "--total: must be between 1 and 2147483647"),
+        (["plot", "cosine", "--warmup", "-1"], "--warmup: must be between 0 and"),
+        (["plot", "wsd", "--kw", "decay=1e30"], "cannot evaluate wsd("),
+        (["plot", "step_decay", "--kw", "every=1e30"], "cannot evaluate step_decay("),
+        (["plot", "exponential", "--kw", "rate=1e30"], "is inf at step 2: nothing to plot"),
+        (["plot", "piecewise", "--kw", "values=[1e38, 1e39, 1]"], "is inf at step 250"),
+        (["plot", "cosine", "--peak", "inf"], "--peak: must be a finite number, got inf"),
+        (["plot", "exponential", "--peak", "inf"], "--peak: must be a finite number"),
+        (["plot", "cosine", "--peak", "nan"], "--peak: must be a finite number, got nan"),
+        (["plot", "cosine", "-o", "x.xyz"], "cannot write .xyz files; use one of"),
+        (["plot", "cosine", "-o", "missing/x.png"], "there is no directory missing"),
+        (["demo", "--steps", str(10**13)], "--steps: must be between 1 and 2147483647"),
+    ],
+)
+def test_every_bad_argument_is_one_line_and_exit_2(tmp_path, monkeypatch, argv, message, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deep.json").write_text(DEEP)
+    if argv[0] == "plot" and "-o" not in argv:
+        argv = [*argv, "-o", "x.png"]
+    assert run(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], captured.err[-2000:]
+    assert not list(tmp_path.glob("*.png"))

@@ -21,5 +21,5 @@ def test_readme_block_runs(index, monkeypatch, tmp_path):
         pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    code = compile(BLOCKS[index], f"README.md block {index}", "exec")
+    code = compile(BLOCKS[index], f"README.md block {index}", "exec", dont_inherit=True)
     exec(code, {"__name__": f"readme_block_{index}"})

@@ -117,6 +117,7 @@ class adafactor(Optimizer):
 
     reference: ClassVar[str] = "torch.optim.Adafactor"
     State = AdafactorState
+    elementwise = False  # row and column means, the RMS of a leaf
     reduced = ("row_var", "col_var", "variance")
     # The parameters enter the step size (their RMS) whenever lr is not 0.
     _decay = ("lr",)

@@ -28,6 +28,10 @@ import optax
 
 from cadence import schedules as S
 from cadence.schedules import _base as SB
+from cadence.schedules._config import config_float
+
+from ._sharding import placing
+from ._trees import path_str
 
 __all__ = ["Transformation"]
 
@@ -129,8 +133,6 @@ class Transformation(optax.GradientTransformationExtraArgs):
         super().__init_subclass__(**kwargs)
         # The outermost `init` places the state like the parameters (shardings).
         if "init" in cls.__dict__:
-            from ._sharding import placing
-
             cls.init = placing(cls.__dict__["init"])
 
     def init(self, params: Any) -> Any:
@@ -171,9 +173,45 @@ class Transformation(optax.GradientTransformationExtraArgs):
             >>> O.adam(3e-4, amsgrad=True).to_config()["amsgrad"]
             True
         """
-        from ._config import to_config
+        return self._config(type(self).__name__)
 
-        return to_config(self)
+    def _config(self, where: str) -> dict[str, Any]:
+        """`to_config`, with `where` naming this transformation in error messages.
+
+        By field kind: hyperparameters as numbers or schedule configs,
+        wrapped transformations nested. Containers (`chain`, `partition`)
+        override it.
+        """
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for f in dataclasses.fields(self):
+            kind = f.metadata["kind"]
+            value = getattr(self, f.name)
+            at = f"{where}.{f.name}"
+            if kind == HYPER:
+                out[f.name] = _hyper_config(value, at)
+            elif kind == FLOAT:
+                out[f.name] = config_float(value, at)
+            elif kind == GROUPS:
+                out[f.name] = (
+                    None
+                    if value is None
+                    else {
+                        pattern: {
+                            k: _hyper_config(v, f"{at}[{pattern!r}][{k!r}]")
+                            for k, v in group.items()
+                        }
+                        for pattern, group in value.items()
+                    }
+                )
+            elif kind == CHILD:
+                out[f.name] = value._config(at)
+            elif kind == NORM:
+                out[f.name] = "inf" if value == math.inf else value
+            elif kind == FLOATS:
+                out[f.name] = list(value)
+            else:
+                out[f.name] = value
+        return out
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The tuple items are forwarders bound to this object; rebuild from fields.
@@ -207,8 +245,48 @@ class Transformation(optax.GradientTransformationExtraArgs):
         """Cross-field checks of a concrete class (tracers must pass through)."""
 
 
+def _hyper_config(value: Any, where: str) -> Any:
+    if isinstance(value, S.Schedule):
+        try:
+            return S.to_config(value)
+        except ValueError as e:
+            raise ValueError(
+                f"to_config: {where} is a Python function, which has no config; use a cadence "
+                f"schedule ({e})"
+            ) from e
+    return config_float(value, where)
+
+
 def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
     return cls(**fields)
+
+
+@final
+@dataclasses.dataclass(frozen=True, eq=True, repr=False)
+class foreign(Transformation):
+    """An optax (or other third-party) transformation held inside a cadence one.
+
+    It is static in the pytree (its functions are not arrays) and has no config.
+    """
+
+    tx: Any = field("foreign")
+
+    def init(self, params: Any) -> Any:
+        return self.tx.init(params)
+
+    def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
+        return optax.with_extra_args_support(self.tx).update(updates, state, params, **extra)
+
+    def __repr__(self) -> str:
+        return repr(self.tx)
+
+    def _config(self, where: str) -> dict[str, Any]:
+        raise ValueError(
+            f"to_config: {where} is not a cadence transformation ({self.tx!r}); it has no config"
+        )
+
+
+jax.tree_util.register_dataclass(foreign, data_fields=[], meta_fields=["tx"])
 
 
 def transformation_type(cls: _T) -> _T:
@@ -253,8 +331,13 @@ def transformation_type(cls: _T) -> _T:
 
 def register(cls: type) -> None:
     """Make `cls` buildable by `from_config` under its class name."""
-    if cls.__name__ in REGISTRY:
-        raise RuntimeError(f"transformation type {cls.__name__!r} registered twice")
+    old = REGISTRY.get(cls.__name__)
+    # A module run again (a notebook cell, `exec`) redefines its own types.
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(
+            f"a transformation type named {cls.__name__!r} already exists "
+            f"({old.__module__}.{old.__qualname__}); config names must be unique"
+        )
     REGISTRY[cls.__name__] = cls
 
 
@@ -342,8 +425,6 @@ def is_zero(x: Any) -> bool:
 
 def as_transformation(owner: str, name: str, tx: Any) -> Any:
     """A cadence transformation as is; an optax one wrapped so it stays static."""
-    from ._transforms import foreign
-
     if isinstance(tx, (Transformation, foreign)):
         return tx
     if callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None)):
@@ -381,23 +462,6 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
 
 # --------------------------------------------------------------------------
 # Trees.
-
-
-def path_str(path: Sequence[Any]) -> str:
-    """A key path joined with '/': dict keys, sequence indices, attribute names."""
-    parts = []
-    for k in path:
-        if isinstance(k, jax.tree_util.DictKey):
-            parts.append(str(k.key))
-        elif isinstance(k, jax.tree_util.SequenceKey):
-            parts.append(str(k.idx))
-        elif isinstance(k, jax.tree_util.GetAttrKey):
-            parts.append(k.name)
-        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
-            parts.append(str(k.key))
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def _show(path: Sequence[Any]) -> str:

@@ -7,77 +7,24 @@ imports by name.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 from cadence import schedules as S
-from cadence.schedules._config import build_fields, config_float, is_number, registered_type
+from cadence.schedules._config import build_fields, is_number, registered_type
 
 from . import _base as B
 from ._base import REGISTRY, Transformation
-from ._transforms import chain, foreign
+from ._partition import partition, rules
+from ._transforms import chain
 
 __all__ = ["from_config", "to_config"]
 
 
 def to_config(tx: Transformation) -> dict[str, Any]:
     """A JSON-safe dict describing `tx`, nested for chains and wrappers (see `to_config()`)."""
-    return _config(tx, type(tx).__name__)
-
-
-def _config(tx: Any, where: str) -> dict[str, Any]:
-    if isinstance(tx, foreign):
-        raise ValueError(
-            f"to_config: {where} is not a cadence transformation ({tx!r}); it has no config"
-        )
     if not isinstance(tx, Transformation):
         raise TypeError(f"to_config: expected a cadence transformation, got {tx!r}")
-    name = type(tx).__name__
-    if isinstance(tx, chain):
-        return {
-            "type": name,
-            "txs": [_config(t, f"{where}.txs[{i}]") for i, t in enumerate(tx.txs)],
-        }
-    out: dict[str, Any] = {"type": name}
-    for f in dataclasses.fields(tx):
-        kind = f.metadata["kind"]
-        value = getattr(tx, f.name)
-        at = f"{where}.{f.name}"
-        if kind == B.HYPER:
-            out[f.name] = _hyper(value, at)
-        elif kind == B.FLOAT:
-            out[f.name] = config_float(value, at)
-        elif kind == B.GROUPS:
-            out[f.name] = (
-                None
-                if value is None
-                else {
-                    pattern: {k: _hyper(v, f"{at}[{pattern!r}][{k!r}]") for k, v in group.items()}
-                    for pattern, group in value.items()
-                }
-            )
-        elif kind == B.CHILD:
-            out[f.name] = _config(value, at)
-        elif kind == B.NORM:
-            out[f.name] = "inf" if value == math.inf else value
-        elif kind == B.FLOATS:
-            out[f.name] = list(value)
-        else:
-            out[f.name] = value
-    return out
-
-
-def _hyper(value: Any, where: str) -> Any:
-    if isinstance(value, S.Schedule):
-        try:
-            return S.to_config(value)
-        except ValueError as e:
-            raise ValueError(
-                f"to_config: {where} is a Python function, which has no config; use a cadence "
-                f"schedule ({e})"
-            ) from e
-    return config_float(value, where)
+    return tx.to_config()
 
 
 def from_config(config: dict[str, Any]) -> Transformation:
@@ -113,6 +60,23 @@ def _build(config: Any, path: str) -> Transformation:
         if unknown or not isinstance(txs, list):
             raise ValueError(f"from_config: {path}: chain needs a list 'txs' and nothing else")
         return chain(*(_build(c, f"{path}.txs[{i}]") for i, c in enumerate(txs)))
+    if cls is partition:
+        unknown = sorted(set(config) - {"type", "transforms", "rules"})
+        transforms, items = config.get("transforms"), config.get("rules")
+        if unknown or not isinstance(transforms, dict) or not isinstance(items, list):
+            raise ValueError(
+                f"from_config: {path}: partition needs a dict 'transforms' and a list 'rules' "
+                "and nothing else"
+            )
+        built = {k: _build(c, f"{path}.transforms[{k!r}]") for k, c in transforms.items()}
+        try:
+            label_fn = rules(*items)
+        except TypeError as e:
+            raise ValueError(f"from_config: {path}.rules: {e}") from e
+        try:
+            return partition(built, label_fn)
+        except TypeError as e:
+            raise ValueError(f"from_config: {path}: {e}") from e
     return build_fields(cls, config, B.kinds(cls), path, _field)
 
 

@@ -38,7 +38,6 @@ from ._optimizer import (
     leaf_fits,
     native_call,
     native_kernel,
-    scalars_fit,
     xla_leaf_step,
 )
 
@@ -307,18 +306,24 @@ class flatten(Transformation):
 
         Each call takes up to `_CHUNK` consecutive leaves of one group.
         """
+        if not order:
+            return None  # without buffers XLA's loop is a single pass already
         chunks: list[tuple[Any, int, list[int]]] = []
-        # Every leaf of a group shares its scalars: check them once per group.
-        fits: dict[tuple[Any, ...], bool] = {}
+        # Every leaf of a group shares its scalars: one kernel per group and dtypes.
+        kernels: dict[tuple[Any, ...], Any] = {}
         for k in ks:
             i = run.index[k]
-            kernel = native_kernel(self.tx, order, groups[i], run.decays[i])
-            if kernel is None or not leaf_fits(ps[k], gs[k], {n: run.buffers[n][k] for n in order}):
+            bufs = {n: run.buffers[n][k] for n in order}
+            if not leaf_fits(ps[k], gs[k], bufs):
                 return None
-            key = (i, kernel, ps[k].dtype)
-            if key not in fits:
-                fits[key] = scalars_fit(groups[i], kernel[1], ps[k].dtype)
-            if not fits[key]:
+            key = (i, ps[k].dtype, tuple(b.dtype for b in bufs.values()))
+            if key not in kernels:
+                dtypes = [bufs[n].dtype for n in order]
+                kernels[key] = native_kernel(
+                    self.tx, order, groups[i], run.decays[i], ps[k].dtype, dtypes
+                )
+            kernel = kernels[key]
+            if kernel is None:
                 return None
             if chunks and chunks[-1][:2] == (kernel, i) and len(chunks[-1][2]) < _CHUNK:
                 chunks[-1][2].append(k)

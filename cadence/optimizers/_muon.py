@@ -169,6 +169,7 @@ class muon(Optimizer):
 
     reference: ClassVar[str] = "torch.optim.Muon"
     State = MuonState
+    elementwise = False  # Newton–Schulz multiplies whole matrices
     _static_zero = ("weight_decay",)
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)

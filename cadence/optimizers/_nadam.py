@@ -116,7 +116,12 @@ class nadam(Optimizer):
         return hp | {
             "1-b1": 1 - hp["b1"],
             "1-b2": 1 - hp["b2"],
-            "bc2": 1 - hp["b2"] ** t,
+            # torch divides by 1 - b2^t inside the square root; XLA turns
+            # that division into a product with the reciprocal in some
+            # programs and not others (see `adam`): the product with rsqrt,
+            # written out, rounds the same everywhere, the single-pass loop
+            # included.
+            "1/bc2_sqrt": jax.lax.rsqrt(1 - hp["b2"] ** t),
             "-grad_step": -hp["lr"] * (1 - mu) / (1 - product),
             "-momentum_step": -hp["lr"] * mu_next / (1 - product * mu_next),
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
@@ -127,7 +132,7 @@ class nadam(Optimizer):
             g = g + s["weight_decay"] * p
         mu = keep("mu", lerp(bufs["mu"], g, s["1-b1"]))
         nu = keep("nu", s["b2"] * bufs["nu"] + s["1-b2"] * (g * g))
-        denom = jnp.sqrt(nu / s["bc2"]) + s["eps"]
+        denom = jnp.sqrt(nu) * s["1/bc2_sqrt"] + s["eps"]
         # torch adds the two terms to the parameter one after the other.
         update = s["-grad_step"] * (g / denom) + s["-momentum_step"] * (mu / denom)
         if p is not None and self.decoupled_weight_decay:

@@ -13,9 +13,9 @@ sharded leaves would gather them. Under a trace the per-leaf work is one
 nested `jit`, so leaves of one shape and dtype share a single trace.
 
 `step` (update and apply in one call) replaces those loops on CPU by one
-native loop per leaf, which reads and writes every array once, in place
-(`_native`, `_kernels.cc`): XLA's CPU backend writes each output of a leaf in
-a loop of its own.
+native loop per leaf, which reads and writes every array once, in place:
+XLA's CPU backend writes each output of a leaf in a loop of its own. The loop
+is generated from `kernel` itself (`_codegen`) and run through `_native`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -32,21 +32,32 @@ import numpy as np
 
 from . import _native
 from ._base import (
+    ANY,
+    BOOL,
+    DTYPE,
+    GROUPS,
+    HYPER,
+    REGISTRY,
     Transformation,
     as_float,
     check_tree,
     compute_dtype,
     dtype_of,
+    field,
     hyper_fields,
     increment,
     is_zero,
     path_str,
     set_field,
+    transformation_type,
     zero_count,
 )
+from ._codegen import Kernel, generate
 from ._groups import Groups, assign, group_values, record
 
-__all__ = ["Optimizer"]
+__all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
+
+_O = TypeVar("_O", bound=type)
 
 
 def lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
@@ -108,18 +119,46 @@ def xla_leaf_step(
 
 
 def native_kernel(
-    opt: Optimizer, bufs: Sequence[str], s: dict[str, Any], decay: bool
-) -> tuple[str, tuple[str, ...], int] | None:
-    """(target, scalar names, flags) of the kernel for a leaf with these buffers, or None."""
-    kernel = opt._native_kernel(bufs, decay)
-    if kernel is not None and "grad_scale" in s:
-        target, names, flags = kernel
-        kernel = target, (*names, "grad_scale"), flags | _native.SCALED
-    return kernel
+    opt: Optimizer,
+    bufs: Sequence[str],
+    s: dict[str, Any],
+    decay: bool,
+    dtype: Any,
+    state_dtypes: Sequence[Any],
+) -> Kernel | None:
+    """The single-pass kernel for a leaf of `dtype` with buffers `bufs`, or None.
+
+    Generated from the optimizer's own `kernel` (`_codegen`), once per
+    configuration and process; None for an optimizer that is not
+    elementwise or whose arithmetic has no exact C++ translation.
+    """
+    if not opt.elementwise:
+        return None
+    scalars = tuple((n, jnp.dtype(jnp.result_type(x))) for n, x in s.items() if jnp.shape(x) == ())
+    key = (
+        type(opt),
+        jax.tree.structure(opt),
+        tuple(bufs),
+        decay,
+        jnp.dtype(dtype),
+        tuple(jnp.dtype(d) for d in state_dtypes),
+        scalars,
+    )
+    if key not in _KERNELS:
+        step = functools.partial(xla_leaf_step, opt, decay=decay)
+        kernel = generate(step, dtype, list(zip(bufs, state_dtypes, strict=True)), dict(scalars))
+        if kernel is not None:
+            _native.register(kernel.target, kernel.symbol, kernel.source)
+        _KERNELS[key] = kernel
+    return _KERNELS[key]
+
+
+# Generated kernels by optimizer configuration (see `native_kernel`).
+_KERNELS: dict[tuple[Any, ...], Kernel | None] = {}
 
 
 def native_call(
-    kernel: tuple[str, tuple[str, ...], int],
+    kernel: Kernel,
     ps: Sequence[jax.Array],
     gs: Sequence[jax.Array],
     bufs: Sequence[jax.Array],
@@ -130,20 +169,15 @@ def native_call(
 
     Every parameter and buffer is updated in place (aliased to its input).
     """
-    target, names, flags = kernel
-    n = len(ps)
+    n, k = len(ps), len(kernel.scalars)
     outs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*ps, *bufs)]
     # Inputs: scalars, params, grads, buffers.
-    aliases = {1 + i: i for i in range(n)} | {1 + 2 * n + k: n + k for k in range(len(bufs))}
-    call = jax.ffi.ffi_call(target, outs, input_output_aliases=aliases, vmap_method="sequential")
-    out = call(
-        jnp.stack([s[name] for name in names]),
-        *ps,
-        *gs,
-        *bufs,
-        flags=np.int64(flags),
-        offsets=np.asarray(offsets, np.int64),
+    aliases = {k + i: i for i in range(n)} | {k + 2 * n + b: n + b for b in range(len(bufs))}
+    call = jax.ffi.ffi_call(
+        kernel.target, outs, input_output_aliases=aliases, vmap_method="sequential"
     )
+    scalars = [s[name] for name in kernel.scalars]
+    out = call(*scalars, *ps, *gs, *bufs, offsets=np.asarray(offsets, np.int64))
     return list(out[:n]), list(out[n:])
 
 
@@ -160,8 +194,11 @@ def _leaf_step(
     # The kernels take the buffers in the state's field order (a dict that
     # went through jit comes back with sorted keys).
     order = tuple(n for n in opt._buffer_names() if n in bufs)
-    kernel = native_kernel(opt, order, s, decay)
-    if kernel is None or not native_fits(p, g, bufs, s, kernel[1]):
+    if not order or not leaf_fits(p, g, bufs):
+        # Without buffers XLA's one loop over (param, grad) is a single pass.
+        return xla(p, g, bufs, s)
+    kernel = native_kernel(opt, order, s, decay, p.dtype, [bufs[n].dtype for n in order])
+    if kernel is None:
         return xla(p, g, bufs, s)
 
     def run(p, g, bufs, s):
@@ -171,41 +208,22 @@ def _leaf_step(
     return _native.on_cpu(run, xla)(p, g, bufs, s)
 
 
-def native_fits(
-    p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array], s: dict[str, Any], names: Sequence[str]
-) -> bool:
-    """Whether the native kernel can take this leaf: `leaf_fits` and `scalars_fit`."""
-    return leaf_fits(p, g, bufs) and scalars_fit(s, names, p.dtype)
-
-
 def leaf_fits(p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array]) -> bool:
-    """Whether a native kernel can take this leaf's arrays, in this process.
+    """Whether a native kernel can take this leaf's arrays.
 
-    The kernels take float32 parameters with float32 or bfloat16 state, and
-    float64 with float64, computing in the parameter's dtype as
-    `_leaf_update` does. bfloat16 parameters stay with XLA: where the CPU
-    converts bfloat16 in hardware, XLA's loops were the faster. With several
-    devices XLA's partitioner would gather a custom call's sharded operands,
-    so those processes use XLA too.
+    The kernels take float32 and float64 parameters with buffers of their
+    shape in float32, float64 or bfloat16. bfloat16 parameters stay with XLA:
+    where the CPU converts bfloat16 in hardware, XLA's loops were the faster.
+    Whether the program runs on one CPU device is decided where it is
+    lowered (`_native.on_cpu`).
     """
     dtype = p.dtype
     if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or g.shape != p.shape:
         return False
-    state = {jnp.dtype(dtype)} | ({jnp.dtype(jnp.bfloat16)} if dtype == jnp.float32 else set())
-    if len({b.dtype for b in bufs.values()}) > 1:
-        return False
+    state = {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64), jnp.dtype(jnp.bfloat16)}
     if any(b.dtype not in state or b.shape != p.shape for b in bufs.values()):
         return False
-    return jax.device_count() == 1 and _native.available()
-
-
-def scalars_fit(s: dict[str, Any], names: Sequence[str], dtype: Any) -> bool:
-    """Whether a kernel computing in `dtype` can take a group's scalars `names`.
-
-    They must be scalars of that dtype: under x64, float64 hyperparameters
-    make XLA compute float32 leaves in float64.
-    """
-    return all(jnp.shape(s[n]) == () and jnp.result_type(s[n]) == dtype for n in names)
+    return _native.available()
 
 
 class Optimizer(Transformation):
@@ -215,6 +233,12 @@ class Optimizer(Transformation):
     """
 
     State: ClassVar[type]
+    # What the optimizer matches, update for update (e.g. "torch.optim.AdamW");
+    # the registry (`optimizers`), the README's table and the tests read it.
+    reference: ClassVar[str] = ""
+    # Every per-leaf buffer this optimizer may keep (`optimizer_type` builds
+    # `State` from them); `buffers` picks those a configuration allocates.
+    per_leaf: ClassVar[tuple[str, ...]] = ()
     # Hyperparameters that multiply the parameters (so `update` needs params
     # unless they are the number 0).
     _decay: ClassVar[tuple[str, ...]] = ("weight_decay",)
@@ -234,6 +258,10 @@ class Optimizer(Transformation):
     # Buffers whose shape is not the parameter's (Adafactor's row and column
     # moments): `init_buffer` decides it from the parameter's shape.
     reduced: ClassVar[tuple[str, ...]] = ()
+    # False for a whole-leaf `kernel` (matrix products, norms of a leaf): its
+    # `step` is never traced for a generated loop. (A kernel that is not
+    # elementwise gets no loop either way: the generator refuses it.)
+    elementwise: ClassVar[bool] = True
 
     state_dtype: str | None
     groups: Groups | None
@@ -254,8 +282,8 @@ class Optimizer(Transformation):
     # ---------------------------------------------------------------- contract
 
     def buffers(self) -> tuple[str, ...]:
-        """The per-leaf buffers `init` allocates for this configuration."""
-        raise NotImplementedError
+        """The per-leaf buffers `init` allocates for this configuration (default: `per_leaf`)."""
+        return self.per_leaf
 
     def init_buffer(self, name: str, shape: tuple[int, ...], dtype: Any, hp: dict) -> jax.Array:
         del name, hp
@@ -316,14 +344,19 @@ class Optimizer(Transformation):
     def _traced(self, name: str) -> bool:
         return any(isinstance(x, jax.core.Tracer) for x in self._all(name))
 
+    def _decay_names(self) -> tuple[str, ...]:
+        """The `_decay` hyperparameters this optimizer has (a rule may have none)."""
+        return tuple(n for n in self._decay if n in hyper_fields(type(self)))
+
     def _decays(self) -> list[bool]:
         """Per group: whether any decay hyperparameter can be nonzero."""
         defaults = self._defaults()
-        out = [any(not is_zero(defaults[n]) for n in self._decay)]
+        names = self._decay_names()
+        out = [any(not is_zero(defaults[n]) for n in names)]
         if self.groups is not None:
             for _, group in self.groups.items():
                 merged = defaults | group
-                out.append(any(not is_zero(merged[n]) for n in self._decay))
+                out.append(any(not is_zero(merged[n]) for n in names))
         return out
 
     def _buffer_names(self) -> tuple[str, ...]:
@@ -450,9 +483,9 @@ class Optimizer(Transformation):
             check_tree(owner, grads, getattr(state, name), "the state", shapes=shapes)
         if params is not None:
             check_tree(owner, grads, params, "params")
-        elif any(self._nonzero(n) for n in self._decay):
+        elif any(self._nonzero(n) for n in self._decay_names()):
             raise ValueError(
-                f"{owner}: params are required when {' or '.join(self._decay)} is not 0"
+                f"{owner}: params are required when {' or '.join(self._decay_names())} is not 0"
             )
         values = group_values(self._defaults(), self.groups, state.count)
         shared = [
@@ -476,11 +509,6 @@ class Optimizer(Transformation):
             traced=any(isinstance(x, jax.core.Tracer) for x in gleaves),
             groups=self.groups,
         )
-
-    def _native_kernel(self, bufs: Sequence[str], decay: bool) -> tuple[str, tuple, int] | None:
-        """The native kernel for this leaf: (target, scalar names, flags), or None."""
-        del bufs, decay
-        return None
 
 
 @dataclasses.dataclass
@@ -533,3 +561,77 @@ class _Run:
             **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )
+
+
+def optimizers() -> dict[str, type[Optimizer]]:
+    """Every optimizer type, by name, in the order they were defined.
+
+    The registry that the README's optimizer table, the benchmarks and the
+    test parametrization read: an optimizer defined with `transformation_type`
+    (a library one or your own) is in it.
+
+    Example:
+        >>> from cadence import optimizers as O
+        >>> list(O.optimizers())[:3]
+        ['sgd', 'adam', 'adamw']
+        >>> O.optimizers()["adamw"].reference
+        'torch.optim.AdamW'
+    """
+    return {
+        name: cls
+        for name, cls in REGISTRY.items()
+        if isinstance(cls, type) and issubclass(cls, Optimizer)
+    }
+
+
+def hyper(default: Any = dataclasses.MISSING, *, check: str = ANY) -> Any:
+    """A float hyperparameter field: a number, a schedule or a callable of the count.
+
+    It is a pytree leaf (a new value does not recompile), validated at
+    construction by `check` (``"any"``, ``"nonneg"``, or ``"unit"`` for
+    [0, 1)), settable per parameter group, saved by `to_config` and reported
+    by `hyperparams`.
+    """
+    if check not in ("any", "nonneg", "unit"):
+        raise ValueError(f"hyper: check must be 'any', 'nonneg' or 'unit', got {check!r}")
+    return field(HYPER, default, check=check)
+
+
+def flag(default: bool) -> Any:
+    """A boolean option field (static: switching it recompiles), e.g. ``nesterov``."""
+    if not isinstance(default, bool):
+        raise TypeError(f"flag: default must be True or False, got {default!r}")
+    return field(BOOL, default)
+
+
+def optimizer_type(cls: type[_O]) -> type[_O]:
+    """Make an `Optimizer` subclass a complete optimizer, registered by its class name.
+
+    It gains the ``state_dtype`` and ``groups`` arguments (last), a `State`
+    named tuple (``count``, the `per_leaf` buffers, the `shared` scalars,
+    ``hyperparams``) unless it declares one, and everything every optimizer
+    has: validation, `to_config`/`from_config`, parameter groups,
+    `hyperparams`, sharded state, checkpoints and `step` (one generated pass
+    per leaf on CPU when `kernel` is elementwise).
+
+    See the README section "Write your own optimizer" for a complete example.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise TypeError(f"optimizer_type: {cls!r} must be a subclass of Optimizer")
+    annotations = cls.__dict__.get("__annotations__", {})
+    extra = {}
+    if "state_dtype" not in annotations:
+        extra["state_dtype"] = field(DTYPE, None)
+    if "groups" not in annotations:
+        extra["groups"] = field(GROUPS, None)
+    if extra:
+        cls.__annotations__ = {**annotations, **dict.fromkeys(extra, Any)}
+        for name, value in extra.items():
+            setattr(cls, name, value)
+    if "State" not in cls.__dict__:
+        names = ("count", *cls.per_leaf, *cls.shared, "hyperparams")
+        state = NamedTuple(f"{cls.__name__}State", [(n, Any) for n in names])
+        state.__module__ = cls.__module__
+        state.__doc__ = f"`{cls.__name__}` state: the update count, {', '.join(names[1:])}."
+        cls.State = state
+    return transformation_type(cls)

@@ -13,7 +13,6 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from . import _native
 from ._base import (
     BOOL,
     DTYPE,
@@ -134,6 +133,8 @@ class sgd(Optimizer):
         torch.optim.SGD (PyTorch 2.x); Sutskever et al., 2013.
     """
 
+    reference = "torch.optim.SGD"
+
     State = SGDState
     _optional = {"momentum_buffer": "momentum"}
 
@@ -162,12 +163,6 @@ class sgd(Optimizer):
             "keep": jnp.where(first, 0.0, hp["momentum"]),
             "take": jnp.where(first | (hp["momentum"] == 0), 1.0, 1 - hp["dampening"]),
         }
-
-    def _native_kernel(self, bufs, decay):
-        if "momentum_buffer" not in bufs:
-            return None  # XLA's one loop over (param, grad) is already a single pass
-        flags = (_native.DECAY if decay else 0) | (_native.NESTEROV if self.nesterov else 0)
-        return "cadence_sgd", ("weight_decay", "keep", "take", "momentum", "-lr"), flags
 
     def kernel(self, p, g, bufs, s, keep):
         if p is not None:
@@ -215,13 +210,6 @@ class _Adam(Optimizer):
             "1/bc2_sqrt": jax.lax.rsqrt(1 - hp["b2"] ** t),
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
-
-    def _native_kernel(self, bufs, decay):
-        if "nu_max" in bufs:
-            return None
-        flags = (_native.DECAY if decay else 0) | (_native.DECOUPLED if self._decoupled else 0)
-        names = ("weight_decay", "1-b1", "b2", "1-b2", "-step_size", "1/bc2_sqrt", "eps", "1-lr*wd")
-        return "cadence_adam", names, flags
 
     def kernel(self, p, g, bufs, s, keep):
         if p is not None and not self._decoupled:
@@ -279,6 +267,8 @@ class adam(_Adam):
         torch.optim.Adam (PyTorch 2.x); Kingma & Ba, 2015; Reddi et al., 2018 (AMSGrad).
     """
 
+    reference = "torch.optim.Adam"
+
     _decoupled = False
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)
@@ -326,6 +316,8 @@ class adamw(_Adam):
     References:
         torch.optim.AdamW (PyTorch 2.x); Loshchilov & Hutter, 2019.
     """
+
+    reference = "torch.optim.AdamW"
 
     _decoupled = True
 
@@ -379,6 +371,8 @@ class rmsprop(Optimizer):
         torch.optim.RMSprop (PyTorch 2.x); Hinton, Coursera lecture 6e; Graves, 2013 (centered).
     """
 
+    reference = "torch.optim.RMSprop"
+
     State = RMSpropState
     _optional = {"momentum_buffer": "momentum"}
 
@@ -397,12 +391,6 @@ class rmsprop(Optimizer):
 
     def scalars(self, hp, count):
         return hp | {"-lr": -hp["lr"], "1-alpha": 1 - hp["alpha"]}
-
-    def _native_kernel(self, bufs, decay):
-        flags = (_native.DECAY if decay else 0) | (_native.CENTERED if "grad_avg" in bufs else 0)
-        flags |= _native.BUFFER if "momentum_buffer" in bufs else 0
-        names = ("weight_decay", "alpha", "1-alpha", "eps", "momentum", "-lr")
-        return "cadence_rmsprop", names, flags
 
     def kernel(self, p, g, bufs, s, keep):
         if p is not None:
@@ -456,6 +444,8 @@ class adagrad(Optimizer):
     References:
         torch.optim.Adagrad (PyTorch 2.x); Duchi et al., 2011.
     """
+
+    reference = "torch.optim.Adagrad"
 
     State = AdagradState
 
@@ -517,6 +507,8 @@ class lion(Optimizer):
         Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023.
     """
 
+    reference = "Lion (the paper; lion-pytorch)"
+
     State = LionState
 
     lr: Hyper = field(HYPER, 1e-4, check=NONNEG)
@@ -536,10 +528,6 @@ class lion(Optimizer):
             "1-b2": 1 - hp["b2"],
             "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"],
         }
-
-    def _native_kernel(self, bufs, decay):
-        names = ("-lr", "b1", "1-b1", "b2", "1-b2", "1-lr*wd")
-        return "cadence_lion", names, _native.DECAY if decay else 0
 
     def kernel(self, p, g, bufs, s, keep):
         update = s["-lr"] * jnp.sign(s["b1"] * bufs["mu"] + s["1-b1"] * g)

@@ -168,8 +168,9 @@ _NATIVE_MAX = 1 << 16
 def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
     """`partial_sum` of every leaf as one vector, small leaves by native calls on a one-device CPU.
 
-    None where the kernel does not apply (several devices, no kernels, a p
-    other than 1, 2 and inf, leaves other than float32 and float64). The
+    None where the kernel does not apply (several devices, no compiler, a p
+    other than 1, 2 and inf, leaves other than float32 and float64); a
+    program lowered off a CPU runs XLA's sums instead. The
     kernel's sums accumulate in float64, so they may differ from XLA's in the
     last bits.
     """
@@ -180,6 +181,8 @@ def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
         or p not in (1, 2, math.inf)
         or not dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)}
         or any(jnp.promote_types(d, out_dtype) != out_dtype for d in dtypes)
+        # With several devices the leaves may be sharded: `leaf_partials`
+        # sums them in one all-reduce, which the kernel's XLA twin would not.
         or jax.device_count() != 1
         or not _native.available()
     ):
@@ -188,7 +191,7 @@ def native_partials(leaves: Sequence[jax.Array], p: float) -> jax.Array | None:
 
     def call(xs: list[jax.Array]) -> jax.Array:
         return jax.ffi.ffi_call(
-            "cadence_norm_partials",
+            _native.NORMS,
             jax.ShapeDtypeStruct((len(xs),), out_dtype),
             vmap_method="sequential",
         )(*xs, kind=np.int64(kind))

@@ -32,11 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, final
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +44,23 @@ from jax.experimental.shard_alike import shard_alike
 from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
-from ._base import CHILD, STR, Transformation, field
+from ._trees import Leaves, path_str
 
-__all__ = ["placing", "shard_state", "state_shardings"]
+__all__ = ["placing", "state_shardings", "zero_spec"]
 
 # The transformation whose `init` is running outermost (None outside any init).
 _OUTERMOST: contextvars.ContextVar[Any] = contextvars.ContextVar("cadence_init", default=None)
 
 _U = P.UNCONSTRAINED
+
+
+def _is_zero(opt: Any) -> bool:
+    """Whether `opt` is a `shard_state` (ZeRO-1), which lays buffers out itself.
+
+    Known by its `_sharding_for` method: this layer sits below the
+    transformations and does not import them.
+    """
+    return callable(getattr(opt, "_sharding_for", None))
 
 
 # --------------------------------------------------------------------------
@@ -66,7 +74,7 @@ def placing(init: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def placed(self: Any, params: Any) -> Any:
         outer = _OUTERMOST.get()
         if outer is not None:
-            if isinstance(self, shard_state):
+            if _is_zero(self):
                 raise ValueError(
                     f"shard_state must be the outermost transformation, but it is inside "
                     f"{type(outer).__name__}: wrap the whole optimizer, e.g. "
@@ -93,7 +101,7 @@ def _init_placed(opt: Any, init: Callable[[Any], Any], params: Any) -> Any:
     if any(isinstance(p, jax.core.Tracer) for p in leaves):
         return _place_traced(opt, init(params), params)
     spread = any(_is_spread(p) for p in leaves)
-    if not spread and not isinstance(opt, shard_state):
+    if not spread and not _is_zero(opt):
         return init(params)
     # Inside the jit below the parameters are tracers, which carry no
     # sharding: transformations that depend on it check the arrays here.
@@ -118,7 +126,7 @@ def _is_spread(x: Any) -> bool:
 
 def _mesh_of(opt: Any, shardings: list[Any]) -> Mesh | None:
     """The mesh the state lives on: shard_state's, else the first parameter's."""
-    if isinstance(opt, shard_state):
+    if _is_zero(opt):
         return opt.mesh
     for sharding in shardings:
         if isinstance(sharding, NamedSharding) and isinstance(sharding.mesh, Mesh):
@@ -144,7 +152,7 @@ def _mesh_context(mesh: Mesh | None) -> Iterator[None]:
 # Which state leaves belong to which parameter.
 
 
-def _owners(state: Any, params: Any) -> list[int | None]:
+def buffer_owners(state: Any, params: Any) -> list[int | None]:
     """For each leaf of `state`: the index of the parameter leaf it is a buffer of, or None."""
     pleaves, ptree = jax.tree.flatten(params)
     shapes = [np.shape(p) for p in pleaves]
@@ -157,10 +165,22 @@ def _owners(state: Any, params: Any) -> list[int | None]:
             for leaf, shape in zip(jax.tree.leaves(x), shapes, strict=True)
         )
 
+    # A `partition`'s transformations hold their leaves' buffers by path.
+    index = {
+        path_str(p): i for i, (p, _) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0])
+    }
+
+    def subset(x: Any) -> bool:
+        return isinstance(x, Leaves) and all(
+            k in index and _follows(np.shape(v), shapes[index[k]]) for k, v in x.items()
+        )
+
     owners: list[int | None] = []
-    for unit in jax.tree.leaves(state, is_leaf=per_param):
+    for unit in jax.tree.leaves(state, is_leaf=lambda x: per_param(x) or subset(x)):
         if per_param(unit):
             owners.extend(range(len(pleaves)))
+        elif subset(unit):
+            owners.extend(index[k] for k in sorted(unit))
         else:
             owners.append(None)
     return owners
@@ -212,7 +232,7 @@ def _shardings(opt: Any, params: Any, param_shardings: list[Any]) -> Any:
     """The state's sharding tree, given the parameter leaves' shardings (None: none)."""
     state = _abstract_state(opt, params)
     leaves, treedef = jax.tree.flatten(state)
-    owners = _owners(state, params)
+    owners = buffer_owners(state, params)
     mesh = _mesh_of(opt, param_shardings)
     if mesh is not None:
         other = NamedSharding(mesh, P())
@@ -225,7 +245,7 @@ def _shardings(opt: Any, params: Any, param_shardings: list[Any]) -> Any:
         param = other if i is None or param_shardings[i] is None else param_shardings[i]
         if i is not None:
             param = derived(param, pshapes[i], tuple(x.shape))
-        if i is not None and isinstance(opt, shard_state):
+        if i is not None and _is_zero(opt):
             out.append(opt._sharding_for(x.shape, param))
         else:
             out.append(param)
@@ -270,7 +290,7 @@ def state_shardings(opt: Any, param_shardings: Any) -> Any:
     abstract, shardings = [], []
     for x in leaves:
         if isinstance(x, Sharding):
-            if isinstance(opt, shard_state):
+            if _is_zero(opt):
                 raise ValueError(
                     "state_shardings: shard_state needs the parameters' shapes to choose how to "
                     "split their buffers; pass arrays or jax.ShapeDtypeStruct(shape, dtype, "
@@ -310,30 +330,30 @@ def _names(entry: Any) -> tuple[str, ...]:
 def _place_traced(opt: Any, state: Any, params: Any) -> Any:
     pleaves = jax.tree.leaves(params)
     leaves, treedef = jax.tree.flatten(state)
-    zero = opt if isinstance(opt, shard_state) else None
+    zero = opt if _is_zero(opt) else None
     out = []
-    for x, i in zip(leaves, _owners(state, params), strict=True):
+    for x, i in zip(leaves, buffer_owners(state, params), strict=True):
         if not isinstance(x, jax.core.Tracer):
             out.append(x)
         elif i is None:
-            out.append(_constrain(x, NamedSharding(zero.mesh, P())) if zero else x)
+            out.append(constrain(x, NamedSharding(zero.mesh, P())) if zero else x)
         elif zero is not None:
-            known = _known(pleaves[i])
+            known = known_sharding(pleaves[i])
             if known is not None:
                 known = derived(known, np.shape(pleaves[i]), x.shape)
-            out.append(_constrain(x, zero._sharding_for(x.shape, known)))
+            out.append(constrain(x, zero._sharding_for(x.shape, known)))
         elif x.shape != np.shape(pleaves[i]):
             # A reduced buffer cannot be tied to its parameter by shape; it
             # is placed where the parameter's layout is known here.
             p = pleaves[i]
-            known = _known(p) if isinstance(p, jax.core.Tracer) or _is_spread(p) else None
-            out.append(x if known is None else _constrain(x, derived(known, np.shape(p), x.shape)))
+            known = known_sharding(p) if isinstance(p, jax.core.Tracer) or _is_spread(p) else None
+            out.append(x if known is None else constrain(x, derived(known, np.shape(p), x.shape)))
         else:
             out.append(_follow(x, pleaves[i]))
     return treedef.unflatten(out)
 
 
-def _known(p: Any) -> Any:
+def known_sharding(p: Any) -> Any:
     """The sharding of `p` when it is known here, else None.
 
     A concrete array knows it; a tracer only under Explicit mesh axes (its
@@ -356,7 +376,7 @@ def _follow(x: jax.Array, p: Any) -> jax.Array:
             return jax.device_put(x, sharding)
         return x
     if not isinstance(p, jax.core.Tracer):
-        return _constrain(x, p.sharding) if _is_spread(p) else x
+        return constrain(x, p.sharding) if _is_spread(p) else x
     sharding = jax.typeof(p).sharding
     types = sharding.mesh.axis_types
     if sharding.mesh.empty or any(t == AxisType.Manual for t in types):
@@ -368,7 +388,7 @@ def _follow(x: jax.Array, p: Any) -> jax.Array:
     return x
 
 
-def _constrain(x: jax.Array, sharding: Sharding) -> jax.Array:
+def constrain(x: jax.Array, sharding: Sharding) -> jax.Array:
     """`x` on `sharding`: moved eagerly, constrained under a trace."""
     if not isinstance(x, jax.core.Tracer):
         return jax.device_put(x, sharding)
@@ -407,133 +427,10 @@ def zero_spec(shape: tuple[int, ...], spec: P | None, mesh: Mesh, axis: str) -> 
     return P(*entries)
 
 
-def _gathered(spec: P, axis: str) -> P:
+def gathered(spec: P, axis: str) -> P:
     """`spec` with `axis` removed (the layout of an update computed on `spec`'s slices)."""
     out = []
     for e in spec:
         names = tuple(a for a in _names(e) if a != axis)
         out.append(e if e is _U else (names if len(names) > 1 else (names[0] if names else None)))
     return P(*out)
-
-
-@final
-@dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class shard_state(Transformation):
-    """ZeRO-1: partition the optimizer state over a data-parallel mesh axis.
-
-    Data parallelism replicates the parameters on every device of the `axis`
-    axis, and with them, by default, the optimizer state. Wrapped in
-    `shard_state`, each per-parameter buffer is split along its largest
-    dimension that the axis size divides (a buffer with none stays
-    replicated), so each device keeps ``1 / mesh.shape[axis]`` of the state.
-    In the compiled step each device updates its slice of the state from its
-    slice of the gradients (slicing a replicated array costs no
-    communication), and the parameter updates are all-gathered back to the
-    parameters' layout. The numerics are those of the wrapped optimizer.
-
-    Parameters already sharded over other mesh axes keep that sharding and
-    are split over `axis` too when a dimension allows it. Under `jit` with
-    Auto mesh axes the parameters' layout is not known while tracing, so
-    their other dimensions are left to XLA; pass
-    ``out_shardings=O.state_shardings(opt, params)`` to pin them.
-
-    It must be the outermost transformation (``shard_state(chain(...))``).
-    Its state is the wrapped optimizer's, with the same structure, and its
-    `to_config` is the wrapped optimizer's (a mesh has no JSON form):
-    checkpoints with and without it are interchangeable; restore with
-    ``shardings={"opt_state": O.state_shardings(opt, params)}``.
-
-    Args:
-        tx: the optimizer to partition (any cadence or optax transformation).
-        mesh: the device mesh.
-        axis: the data-parallel axis of `mesh` to partition over.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from cadence import optimizers as O
-        >>> mesh = jax.make_mesh((1,), ("data",))
-        >>> opt = O.shard_state(O.adamw(1e-3), mesh, axis="data")
-        >>> params = {"w": jnp.ones((4, 2))}
-        >>> updates, state = opt.update(params, opt.init(params), params)
-        >>> O.from_config(opt.to_config()) == opt.tx
-        True
-    """
-
-    tx: Any = field(CHILD)
-    mesh: Any = field("mesh")
-    axis: str = field(STR, "data")
-
-    def _validate(self) -> None:
-        if not isinstance(self.mesh, Mesh):
-            raise TypeError(f"shard_state: mesh must be a jax.sharding.Mesh, got {self.mesh!r}")
-        if self.axis not in self.mesh.axis_names:
-            raise ValueError(
-                f"shard_state: axis {self.axis!r} is not an axis of the mesh "
-                f"(axes: {', '.join(map(repr, self.mesh.axis_names))})"
-            )
-
-    def init(self, params: Any) -> Any:
-        return self.tx.init(params)
-
-    def _sharding_for(self, shape: tuple[int, ...], param: Any) -> NamedSharding:
-        """A buffer's sharding, for a parameter with sharding `param` (None: not known here)."""
-        spec = None
-        if isinstance(param, NamedSharding):
-            if dict(param.mesh.shape) != dict(self.mesh.shape):
-                raise ValueError(
-                    f"shard_state: a parameter is on mesh {dict(param.mesh.shape)}, not on "
-                    f"shard_state's mesh {dict(self.mesh.shape)}"
-                )
-            spec = param.spec
-        elif param is not None:
-            spec = P()  # a single-device or other parameter: treated as replicated
-        return NamedSharding(self.mesh, zero_spec(tuple(shape), spec, self.mesh, self.axis))
-
-    def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
-        # Two layouts pin the step: the new state keeps its partitioned layout
-        # and the updates take the parameters' layout. Between them XLA's
-        # propagation runs the elementwise math on each device's slice
-        # (slicing a replicated gradient is free) and all-gathers the updates.
-        # A layout this trace cannot see (Auto mesh axes) is the one `init`
-        # chose from the shape: split along the same dimension, the other
-        # dimensions left to XLA.
-        old, treedef = jax.tree.flatten(state)
-        owners = _owners(state, updates)
-        out, state = self.tx.update(updates, state, params, **extra)
-        new, new_treedef = jax.tree.flatten(state)
-        if new_treedef == treedef:
-            placed = []
-            for x, o, i in zip(new, old, owners, strict=True):
-                if i is None:
-                    placed.append(_constrain(x, NamedSharding(self.mesh, P())))
-                elif np.shape(x) == np.shape(o):
-                    placed.append(self._pin(x, _known(o), lambda spec: spec))
-                else:
-                    placed.append(x)
-            new = placed
-        outs, gdef = jax.tree.flatten(out)
-        refs = gdef.flatten_up_to(updates if params is None else params)
-        gathered = functools.partial(_gathered, axis=self.axis)
-        out = gdef.unflatten(
-            [self._pin(u, _known(r), gathered) for u, r in zip(outs, refs, strict=True)]
-        )
-        return out, new_treedef.unflatten(new)
-
-    def _pin(self, x: Any, known: Any, guess: Callable[[P], P]) -> Any:
-        """`x` on its `known` sharding, or on the guess made from its shape."""
-        if known is not None:
-            return _constrain(x, known)
-        if not isinstance(x, jax.core.Tracer):
-            return x
-        spec = zero_spec(np.shape(x), None, self.mesh, self.axis)
-        return _constrain(x, NamedSharding(self.mesh, guess(spec)))
-
-    def to_config(self) -> dict[str, Any]:
-        """The wrapped optimizer's config: the partitioning is placement, not numerics."""
-        return self.tx.to_config()
-
-    def __repr__(self) -> str:
-        return f"shard_state({self.tx!r}, mesh={self.mesh!r}, axis={self.axis!r})"
-
-
-jax.tree_util.register_dataclass(shard_state, data_fields=["tx"], meta_fields=["mesh", "axis"])

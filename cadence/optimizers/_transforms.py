@@ -13,7 +13,6 @@ from typing import Any, NamedTuple, final
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from ._base import (
     HYPER,
@@ -42,33 +41,9 @@ __all__ = [
     "chain",
     "clip_by_global_norm",
     "clip_by_value",
-    "foreign",
 ]
 
 Hyper = Any
-
-
-@final
-@dataclasses.dataclass(frozen=True, eq=True, repr=False)
-class foreign(Transformation):
-    """An optax (or other third-party) transformation held inside a cadence one.
-
-    It is static in the pytree (its functions are not arrays) and has no config.
-    """
-
-    tx: Any = field("foreign")
-
-    def init(self, params: Any) -> Any:
-        return self.tx.init(params)
-
-    def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
-        return optax.with_extra_args_support(self.tx).update(updates, state, params, **extra)
-
-    def __repr__(self) -> str:
-        return repr(self.tx)
-
-
-jax.tree_util.register_dataclass(foreign, data_fields=[], meta_fields=["tx"])
 
 
 class ChainState(NamedTuple):
@@ -154,6 +129,12 @@ class chain(Transformation):
         else:
             params, s = last.step(updates, state.inner[-1], params, **extra)
         return params, ChainState((*new, s))
+
+    def _config(self, where: str) -> dict[str, Any]:
+        return {
+            "type": "chain",
+            "txs": [t._config(f"{where}.txs[{i}]") for i, t in enumerate(self.txs)],
+        }
 
     def _check_state(self, state: Any, method: str) -> None:
         if not isinstance(state, ChainState) or len(state.inner) != len(self.txs):

@@ -1,8 +1,9 @@
-"""Exact resume across processes, and crash safety under SIGKILL."""
+"""Exact resume across processes, crash safety under SIGKILL, concurrent writers."""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from . import worker
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 7  # 7 % 3 == 1: `accumulate` is stopped mid-accumulation.
+TEMPORARY = ".cadence-tmp-"  # how a step being written is named
 
 
 def run_worker(*args: str, timeout: float = 240) -> None:
@@ -75,7 +77,7 @@ def test_sigkill_while_saving_loses_nothing_saved_before(tmp_path):
             saved = int(line.split()[1])
         assert saved >= 2, "the saving process did not get going"
         while time.monotonic() < deadline:
-            if any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir()):
+            if any(p.name.startswith(TEMPORARY) for p in tmp_path.iterdir()):
                 break
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -95,4 +97,78 @@ def test_sigkill_while_saving_loses_nothing_saved_before(tmp_path):
     state = restored.optimizer.init(restored.params)
     checkpoint.save(tmp_path, latest + 1, restored.params, state)
     assert checkpoint.latest_step(tmp_path) == latest + 1
-    assert not any(".orbax-checkpoint-tmp" in p.name for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(TEMPORARY) for p in tmp_path.iterdir())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="select on pipes is POSIX")
+def test_two_processes_saving_into_one_directory_lose_no_returned_save(tmp_path):
+    # Writer A saves even steps, B odd ones, into the same directory at the
+    # same time; every step whose save() returned must be there and readable.
+    directory = tmp_path / "shared"
+    count = 12
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.checkpoint.worker", "writer", str(directory)]
+            + [str(first), str(count)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for first in (0, 1)
+    ]
+    announced: list[int] = []
+    try:
+        for w in writers:  # both have imported everything: their saves overlap
+            ready, _, _ = select.select([w.stdout], [], [], 180)
+            assert ready, "a writer did not start within 180 s"
+            assert w.stdout.readline().strip() == "ready", w.stderr.read()[-3000:]
+        for w in writers:
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        for w in writers:
+            out, err = w.communicate(timeout=240)
+            assert w.returncode == 0, err[-3000:]
+            announced += [int(line.split()[1]) for line in out.splitlines()]
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    assert sorted(announced) == list(range(2 * count))
+    assert checkpoint.all_steps(directory) == list(range(2 * count))
+    for step in announced:
+        restored = checkpoint.restore(directory, step)
+        assert np.all(np.asarray(restored.params["w"]) == step), step
+    assert checkpoint.restore(directory).step == 2 * count - 1
+    assert not any(p.name.startswith(TEMPORARY) for p in directory.iterdir())
+
+
+def test_only_provably_stale_temporaries_are_removed(tmp_path):
+    from cadence.checkpoint import _layout
+
+    params = {"w": np.ones(2, np.float32)}
+    checkpoint.save(tmp_path, 0, params, ())
+    # A temporary of a process that has exited, and one of a process that runs.
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **PIPE)
+    with subprocess.Popen(
+        [sys.executable, "-c", "input()"], stdin=subprocess.PIPE, text=True
+    ) as running:
+        names = {}
+        for label, pid in (("exited", int(exited.stdout)), ("running", running.pid)):
+            name = _layout.temporary_name("7").rsplit("-", 2)
+            names[label] = f"{name[0]}-{pid}-{name[2]}"
+            (tmp_path / names[label]).mkdir()
+        # Another host's temporary is never provably stale.
+        other_host = f"{TEMPORARY}8-elsewhere-{exited.stdout.strip()}-00ff"
+        (tmp_path / other_host).mkdir()
+        checkpoint.save(tmp_path, 1, params, ())
+        left = {p.name for p in tmp_path.iterdir()}
+        running.communicate("\n", timeout=60)
+    assert names["exited"] not in left
+    assert {names["running"], other_host} <= left
+    assert checkpoint.all_steps(tmp_path) == [0, 1]
+
+
+PIPE = {"capture_output": True, "text": True, "check": True, "timeout": 60}

@@ -3,6 +3,7 @@
     python -m tests.checkpoint.worker run DIR NAMES STEPS     # train, then save step STEPS
     python -m tests.checkpoint.worker resume DIR NAMES STEPS  # restore, train STEPS more
     python -m tests.checkpoint.worker saveloop DIR         # save steps until killed
+    python -m tests.checkpoint.worker writer DIR FIRST COUNT  # on "go", save FIRST, FIRST+2...
 
 `run` and `resume` write the final params and opt_state leaves to DIR/NAME.npz
 so the test can compare them byte for byte with an uninterrupted run.
@@ -80,6 +81,25 @@ def dump(path: Path, params, state) -> None:
     np.savez(path, *[np.asarray(x) for x in leaves])
 
 
+def writer(directory: Path, first: int, count: int) -> int:
+    """Save every other step into a directory that another writer shares.
+
+    The first save (into a private directory) loads orbax and compiles, so
+    that after "go" the two writers' saves overlap.
+    """
+    opt = O.adam(1e-3)
+    params = {"w": jnp.zeros((64, 64), jnp.float32)}
+    state = opt.init(params)
+    checkpoint.save(directory.with_name(f"{directory.name}-warmup-{first}"), 0, params, state)
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return 1
+    for step in range(first, first + 2 * count, 2):
+        checkpoint.save(directory, step, {"w": params["w"] + step}, state, optimizer=opt)
+        print(f"saved {step}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command, directory = argv[0], Path(argv[1])
     if command == "saveloop":
@@ -91,6 +111,8 @@ def main(argv: list[str]) -> int:
             checkpoint.save(directory, step, params, state, optimizer=opt)
             print(f"saved {step}", flush=True)
         return 0
+    if command == "writer":
+        return writer(directory, int(argv[2]), int(argv[3]))
     names, steps = argv[2].split(","), int(argv[3])
     for name in names:
         if command == "run":

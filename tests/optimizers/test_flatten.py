@@ -221,7 +221,7 @@ GROUPED = O.adamw(1e-2, groups={"b/*": {"lr": 1e-3}})
         (O.adamw(1e-2, state_dtype=jnp.bfloat16), small, 1),
         # The bfloat16 encoder/b on XLA's slices; the three float32 leaves in one call.
         (O.adamw(1e-2), MIXED, 1),
-        (O.adam(1e-2, amsgrad=True), small, 0),  # no native AMSGrad
+        (O.adam(1e-2, amsgrad=True), small, 1),  # AMSGrad's kernel is generated too
     ],
     ids=["one-group", "two-groups", "alternating-groups", "bf16-state", "mixed", "amsgrad"],
 )

@@ -26,23 +26,22 @@ from cadence.optimizers import _native
 
 from .examples import EVERYTHING, EXTRA, OPTIMIZERS
 
-# The configurations with a native kernel (float32/float64, one device).
-NATIVE = {
-    "sgd_nesterov",
-    "sgd_dampening",
-    "adam",
-    "rmsprop",
-    "rmsprop_centered",
-    "lion",
-    "adamw_groups",
-}
+# The configurations with a native kernel (float32/float64): every optimizer
+# that keeps a buffer (plain SGD's one loop over (param, grad) is a single
+# pass already).
+# (A whole-leaf rule, Adafactor, has no single-pass loop.)
+NATIVE = {name for name, opt in OPTIMIZERS.items() if opt.elementwise} - {"sgd"}
 # The clipping coefficient multiplies each gradient inside the kernel, once;
 # XLA recomputes the product in each moment's loop and fuses it there into a
 # multiply-add (one rounding less) where the C++ compiler cannot, since the
 # product has two readers. Agreement is then to float32 rounding.
-ROUNDED_DIFFERENTLY = {"chain"}
+# NAdam's L2-decayed gradient has three readers (both moments and the
+# update): the jitted XLA program and the generated loop round ``g + wd * p``
+# differently in one of them (34 of 1023 elements, one float32 ulp, after
+# three updates); without L2 decay (`nadam_decoupled`) they agree bit for bit.
+ROUNDED_DIFFERENTLY = {"chain", "nadam"}
 
-_NATIVE_CALL = re.compile(r"@cadence_(?:sgd|adam|rmsprop|lion)\(")
+_NATIVE_CALL = re.compile(r"@cadence_kernel_[0-9a-f]+\(")
 _NORM_CALL = re.compile(r"@cadence_norm_partials\(")
 _ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
 
@@ -153,8 +152,8 @@ def test_build_into_a_fresh_cache(tmp_path):
 def test_a_failing_compiler_falls_back_to_xla(tmp_path):
     # The build fails (here: `false --version`); step still runs, on XLA's loops.
     result, stderr = probe(tmp_path, CXX=shutil.which("false") or "false")
-    assert not result["available"] and not result["native"]
-    assert "building the CPU kernels failed" in stderr
+    assert not result["native"]
+    assert "building a CPU kernel failed" in stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -228,27 +227,42 @@ def test_bfloat16_state_runs_natively_and_equals_update(name):
 @pytest.mark.parametrize(
     "opt, dtype",
     [
-        (O.adam(1e-2, amsgrad=True), jnp.float32),  # no native AMSGrad
-        (O.adagrad(1e-2), jnp.float32),
         (O.sgd(0.1), jnp.float32),  # no buffer: XLA's loop is one pass already
         (O.adamw(1e-2), jnp.bfloat16),  # bfloat16 parameters
         (O.rmsprop(1e-2, momentum=0.9, centered=True), jnp.bfloat16),
     ],
-    ids=["amsgrad", "adagrad", "sgd-no-momentum", "adamw-bf16", "rmsprop-bf16"],
+    ids=["sgd-no-momentum", "adamw-bf16", "rmsprop-bf16"],
 )
 def test_other_configurations_use_xla(opt, dtype):
     assert native_calls(opt, tree(dtype)) == 0
     same_as_update(opt, dtype, steps=2)
 
 
-def test_mixed_widths_under_x64_use_xla(x64):
+@pytest.mark.parametrize(
+    "opt",
+    [O.adam(1e-2, amsgrad=True, weight_decay=0.1), O.adagrad(1e-2, lr_decay=0.1)],
+    ids=["amsgrad", "adagrad"],
+)
+def test_kernels_come_from_the_python_definition(opt):
+    # No C++ was written for these: their kernels are generated from `kernel`.
+    if not _native.available():
+        pytest.skip("no native kernels here")
+    assert native_calls(opt, tree()) == 4
+    same_as_update(opt, jnp.float32)
+
+
+def test_mixed_widths_under_x64(x64):
     # Under x64 the hyperparameters are float64, and XLA computes float32
-    # parameters' updates in float64: the float32 kernel would round differently.
-    opt = O.adamw(1e-2)
-    assert native_calls(opt, tree(jnp.float32)) == 0
-    assert native_calls(opt, tree(jnp.float64)) == 4
-    # float64 math with bfloat16 buffers: no kernel either.
-    assert native_calls(O.adamw(1e-2, state_dtype=jnp.bfloat16), tree(jnp.float64)) == 0
+    # parameters' updates in float64: the generated kernel does the same.
+    if not _native.available():
+        pytest.skip("no native kernels here")
+    for opt, dtype in [
+        (O.adamw(1e-2), jnp.float32),
+        (O.adamw(1e-2), jnp.float64),
+        (O.adamw(1e-2, state_dtype=jnp.bfloat16), jnp.float64),
+    ]:
+        assert native_calls(opt, tree(dtype)) == 4
+        same_as_update(opt, dtype, steps=2)
 
 
 def test_vmap_over_independent_runs():
@@ -294,6 +308,31 @@ def test_other_platforms_lower_xla_loops():
     )
     assert "cadence_" not in exported.mlir_module()
     assert "stablehlo.sqrt" in exported.mlir_module()
+
+
+_EXPORT_PROBE = """
+import json, jax, jax.numpy as jnp
+from cadence import optimizers as O
+opt = O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2))
+p = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+exported = jax.export.export(jax.jit(opt.step), platforms=["cuda"])(p, opt.init(p), p)
+print(json.dumps({"custom_calls": exported.mlir_module().count("cadence_")}))
+"""
+
+
+def test_exporting_for_a_gpu_builds_nothing(tmp_path):
+    # A GPU user never pays for a host build: the kernels are compiled only
+    # when a program is lowered for a CPU.
+    result = subprocess.run(
+        [sys.executable, "-c", _EXPORT_PROBE],
+        env=os.environ | {"CADENCE_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"custom_calls": 0}
+    assert not (tmp_path / "cache").exists()
 
 
 def _tell_apart():

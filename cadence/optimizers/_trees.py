@@ -1,0 +1,52 @@
+"""Tree helpers every layer shares: parameter paths, and `Leaves`, a subset of a tree by path.
+
+The lowest layer of the optimizers package: it imports nothing of cadence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, final
+
+import jax
+
+__all__ = ["Leaves", "path_str"]
+
+
+def path_str(path: Sequence[Any]) -> str:
+    """A key path joined with '/': dict keys, sequence indices, attribute names."""
+    parts = []
+    for k in path:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            parts.append(k.name)
+        elif isinstance(k, jax.tree_util.FlattenedIndexKey):
+            parts.append(str(k.key))
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+@final
+class Leaves(dict):
+    """The leaves one transformation of a `partition` owns: ``{path: leaf}``.
+
+    A dict keyed by each parameter's '/'-joined path, so the paths a
+    transformation sees (in its groups, its errors, `hyperparams`) are those
+    of the whole tree.
+    """
+
+    __slots__ = ()
+
+
+def _leaves_flatten(x: Leaves) -> tuple[list[tuple[Any, Any]], tuple[str, ...]]:
+    keys = tuple(sorted(x))
+    return [(jax.tree_util.DictKey(k), x[k]) for k in keys], keys
+
+
+jax.tree_util.register_pytree_with_keys(
+    Leaves, _leaves_flatten, lambda keys, values: Leaves(zip(keys, values, strict=True))
+)
