@@ -313,3 +313,20 @@ def test_checkpoint_resume_is_bit_identical(opt, tree, tmp_path):
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves((p, state)), strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def test_muon_recipe_with_partition():
+    # Muon for the 2-D hidden matrices, AdamW for the rest: the leaves Muon
+    # sees are its own, and its updates are Muon's alone on them.
+    muon, adamw = O.muon(0.02, ns_dtype=None), O.adamw(3e-4)
+    opt = O.partition({"muon": muon, "adamw": adamw}, O.rules(("muon", "**", 2), ("adamw",)))
+    p = params()
+    g = jax.tree.map(jnp.cos, p)
+    updates, state = opt.update(g, opt.init(p), p)
+    hidden = {k: {"w": p[k]["w"]} for k in p}
+    expected, _ = muon.update({k: {"w": g[k]["w"]} for k in g}, muon.init(hidden), hidden)
+    for k in p:
+        np.testing.assert_array_equal(updates[k]["w"], expected[k]["w"])
+    assert O.from_config(json.loads(json.dumps(opt.to_config()))) == opt
+    with pytest.raises(ValueError, match="O.partition"):
+        muon.init(p)
