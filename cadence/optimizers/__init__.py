@@ -17,10 +17,13 @@ Example:
     Array([0.9899, 0.9899, 0.9899], dtype=float32)
 """
 
+from ._adafactor import adafactor as adafactor
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
+from ._muon import muon as muon
+from ._nadam import nadam as nadam
 from ._optimizer import Optimizer as Optimizer
 from ._optimizer import flag as flag
 from ._optimizer import hyper as hyper

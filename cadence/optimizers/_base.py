@@ -47,8 +47,11 @@ STR = "str"  # static
 BOOL = "bool"  # static
 DTYPE = "dtype"  # static: a dtype name or None
 NORM = "norm"  # static float that may be inf
+FLOATS = "floats"  # static: a tuple of finite floats (Muon's ns_coefficients)
+MAYBE_FLOAT = "maybe_float"  # static: a finite float or None (Adafactor's eps1)
+MAYBE_STR = "maybe_str"  # static: a string or None (Muon's adjust_lr_fn)
 
-_STATIC_KINDS = frozenset({INT, STR, BOOL, DTYPE, NORM})
+_STATIC_KINDS = frozenset({INT, STR, BOOL, DTYPE, NORM, FLOATS, MAYBE_FLOAT, MAYBE_STR})
 
 # Range checks for HYPER and FLOAT fields.
 ANY = "any"
@@ -205,6 +208,8 @@ class Transformation(optax.GradientTransformationExtraArgs):
                 out[f.name] = value._config(at)
             elif kind == NORM:
                 out[f.name] = "inf" if value == math.inf else value
+            elif kind == FLOATS:
+                out[f.name] = list(value)
             else:
                 out[f.name] = value
         return out
@@ -235,6 +240,12 @@ class Transformation(optax.GradientTransformationExtraArgs):
                 set_field(self, f.name, check_dtype(owner, f.name, value))
             elif kind == CHILD:
                 set_field(self, f.name, as_transformation(owner, f.name, value))
+            elif kind == FLOATS:
+                set_field(self, f.name, check_floats(owner, f.name, value, check))
+            elif kind == MAYBE_FLOAT and value is not None:
+                set_field(self, f.name, check_float(owner, f.name, value, check))
+            elif kind == MAYBE_STR and not isinstance(value, (str, type(None))):
+                raise TypeError(f"{owner}: {f.name} must be a string or None, got {value!r}")
         self._validate()
 
     def _validate(self) -> None:
@@ -368,6 +379,18 @@ def check_float(owner: str, name: str, x: Any, check: str) -> Any:
     if math.isinf(x):
         raise ValueError(f"{owner}: {name} must be finite, got {x!r}")
     return x
+
+
+def check_floats(owner: str, name: str, xs: Any, check: str) -> tuple[float, ...]:
+    """Validate a sequence of concrete floats; return it as a tuple (hashable, static)."""
+    if isinstance(xs, (str, bytes)) or not isinstance(xs, Sequence):
+        raise TypeError(f"{owner}: {name} must be a sequence of numbers, got {xs!r}")
+    out = []
+    for x in xs:
+        if not _is_number(x):
+            raise TypeError(f"{owner}: {name} must hold numbers, got {x!r}")
+        out.append(check_float(owner, name, x, check))
+    return tuple(out)
 
 
 def normalize_hyper(owner: str, name: str, x: Any, check: str) -> Any:

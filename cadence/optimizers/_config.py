@@ -121,6 +121,18 @@ def _field(value: Any, kind: str, path: str) -> Any:
         if value is not None and not isinstance(value, str):
             raise bad("a dtype name or null")
         return value
+    if kind == B.FLOATS:
+        if not isinstance(value, list) or not all(is_number(v) for v in value):
+            raise bad("a list of numbers")
+        return tuple(value)
+    if kind == B.MAYBE_FLOAT:
+        if value is not None and not is_number(value):
+            raise bad("a number or null")
+        return value
+    if kind == B.MAYBE_STR:
+        if value is not None and not isinstance(value, str):
+            raise bad("a string or null")
+        return value
     raise bad("a known field")  # pragma: no cover
 
 

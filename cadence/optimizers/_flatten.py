@@ -157,6 +157,12 @@ class flatten(Transformation):
                 f"flatten: tx must be a cadence optimizer (sgd, adam, adamw, rmsprop, adagrad, "
                 f"lion), got {type(self.tx).__name__}"
             )
+        if self.tx.reduced:
+            # Each leaf's buffers are packed as slices of its parameter's size.
+            raise TypeError(
+                f"flatten: {type(self.tx).__name__} keeps buffers not shaped like their "
+                f"parameters ({', '.join(self.tx.reduced)}), which flatten cannot pack"
+            )
 
     # -------------------------------------------------------------- layout
 

@@ -64,6 +64,15 @@ def lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
     return a + w * (b - a)
 
 
+def torch_lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
+    """torch's ``a.lerp(b, w)`` for any weight: it switches formulas at ``|w| = 0.5``.
+
+    The second form makes ``w = 1`` give exactly `b` (Adafactor's first
+    update, Muon's Nesterov blend with momentum 0.95).
+    """
+    return jnp.where(jnp.abs(w) < 0.5, a + w * (b - a), b - (b - a) * (1 - w))
+
+
 def _leaf_update(
     opt: Optimizer,
     p: jax.Array | None,
@@ -84,6 +93,9 @@ def _leaf_update(
         return x.astype(stored[name]).astype(dtype) if stored[name] != dtype else x
 
     pk = p.astype(dtype) if p is not None else None
+    # The arrays arrive in the compute dtype; a rule that depends on the
+    # parameter's own dtype (Adafactor's eps1=None: its machine epsilon) reads it here.
+    s = {**s, "param_dtype": jnp.dtype(out_dtype)}
     u, new = opt.kernel(pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep)
     return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
 
@@ -306,7 +318,8 @@ class Optimizer(Transformation):
         """One leaf's update and new buffers; `p` is None when no decay applies.
 
         Each new buffer passes through ``keep(name, x)`` before the update uses
-        it: the value as it will be stored.
+        it: the value as it will be stored. ``s["param_dtype"]`` is the
+        parameter's dtype (`p` and `g` arrive in the compute dtype).
         """
         raise NotImplementedError
 

@@ -29,6 +29,10 @@ OPTIMIZERS = {
     "adamw": O.chain(O.clip_by_global_norm(1.0), O.adamw(SCHEDULE, weight_decay=0.1)),
     "accumulate": O.accumulate(O.adam(SCHEDULE), 3),
     "plateau": O.reduce_on_plateau(O.sgd(0.05, momentum=0.9), patience=2, factor=0.5),
+    # Scalar state per group (mu_product), and factored moments with empty
+    # placeholders (row_var, col_var for w; variance for b).
+    "nadam": O.nadam(SCHEDULE, weight_decay=0.1, groups={"b": {"b1": 0.5}}),
+    "adafactor": O.adafactor(SCHEDULE, weight_decay=0.1),
 }
 
 

@@ -21,9 +21,28 @@ OPTIMIZERS: dict[str, O.Transformation] = {
     "rmsprop_centered": O.rmsprop(0.01, momentum=0.9, centered=True, weight_decay=0.01),
     "adagrad": O.adagrad(0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
     "lion": O.lion(0.001, weight_decay=0.1),
+    "nadam": O.nadam(0.01, weight_decay=0.01, momentum_decay=0.01),
+    "nadam_decoupled": O.nadam(
+        S.cosine(0.01, 8),
+        weight_decay=0.1,
+        decoupled_weight_decay=True,
+        groups={"*/b": {"b1": 0.5}},
+    ),
+    "adafactor": O.adafactor(S.cosine(0.05, 8), weight_decay=0.1, eps1=1e-6, d=3.0),
     "adamw_groups": O.adamw(
         0.01, groups={"*/b": {"weight_decay": 0.0}, "encoder/**": {"lr": S.linear(1e-3, 0.0, 5)}}
     ),
+}
+
+# Muon takes 2-D leaves only, so it is not among `OPTIMIZERS` (whose example
+# parameters have vectors): `tests/optimizers/test_more_optimizers.py` runs
+# the same invariants on it with `matrices()`.
+MATRIX_OPTIMIZERS: dict[str, O.Transformation] = {
+    "muon": O.muon(0.02, ns_dtype=None),
+    "muon_bf16": O.muon(
+        S.cosine(0.02, 8), momentum=0.9, nesterov=False, adjust_lr_fn="match_rms_adamw"
+    ),
+    "muon_groups": O.muon(0.02, groups={"head/**": {"lr": 0.01, "weight_decay": 0.0}}),
 }
 
 # Building blocks and wrappers (each holding an optimizer).
@@ -66,6 +85,16 @@ def grads(k: int, dtype=jnp.float32):
         "head": {"w": rng.standard_normal((2, 1)), "b": rng.standard_normal(1)},
     }
     return _cast({k: {n: v * scale for n, v in d.items()} for k, d in tree.items()}, dtype)
+
+
+def matrices(dtype=jnp.float32, seed=0):
+    """A tree of 2-D leaves only (paths encoder/w, head/w), one tall and one wide."""
+    rng = np.random.default_rng(seed)
+    tree = {
+        "encoder": {"w": rng.standard_normal((3, 2))},
+        "head": {"w": rng.standard_normal((2, 4))},
+    }
+    return _cast(tree, dtype)
 
 
 def _cast(tree, dtype):

@@ -19,7 +19,7 @@ from cadence import optimizers as O
 from cadence import schedules as S
 from cadence.optimizers._base import INT32_MAX, REGISTRY, hyper_fields
 
-from .examples import EVERYTHING, EXTRA, OPTIMIZERS, grads, params
+from .examples import EVERYTHING, EXTRA, MATRIX_OPTIMIZERS, OPTIMIZERS, grads, params
 
 ALL = sorted(EVERYTHING)
 OPTS = sorted(OPTIMIZERS)
@@ -48,7 +48,8 @@ def close(a, b, rtol=1e-6):
 def test_examples_cover_every_registered_type():
     # The library's types (tests register types of their own too).
     library = {n for n, cls in REGISTRY.items() if cls.__module__.startswith("cadence.")}
-    assert library <= {type(t).__name__ for t in EVERYTHING.values()}
+    examples = EVERYTHING | MATRIX_OPTIMIZERS
+    assert library <= {type(t).__name__ for t in examples.values()}
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -239,9 +240,14 @@ def test_bf16_params_keep_float32_hyperparameters(name):
         np.testing.assert_allclose(
             np.asarray(a, np.float32), b, rtol=1e-2, atol=1e-2 * np.max(np.abs(b))
         )
-    buffers = [x for n, x in state16._asdict().items() if n not in ("count", "hyperparams")]
-    for x in jax.tree.leaves(buffers):
+    for x in jax.tree.leaves(_buffers(opt, state16)):
         assert x.dtype == jnp.bfloat16  # torch's default: moments like the params
+
+
+def _buffers(opt, state):
+    """The per-leaf buffers of a state (not its count, record or shared scalars)."""
+    fixed = ("count", "hyperparams", *opt.shared)
+    return [x for n, x in state._asdict().items() if n not in fixed]
 
 
 def test_bf16_adam_second_moment_decays_with_b2_not_one():
@@ -265,7 +271,7 @@ def test_state_dtype(name):
     p = params()
     history = run(opt)
     state = history[-1][1]
-    buffers = [x for n, x in state._asdict().items() if n not in ("count", "hyperparams")]
+    buffers = _buffers(opt, state)
     assert jax.tree.leaves(buffers) or name == "sgd"
     for x in jax.tree.leaves(buffers):
         assert x.dtype == jnp.bfloat16

@@ -10,7 +10,7 @@ from benchmarks._optimizers import SPECS
 from cadence import optimizers as O
 
 from . import registry_table
-from .examples import OPTIMIZERS
+from .examples import MATRIX_OPTIMIZERS, OPTIMIZERS
 
 LIBRARY = registry_table.library()
 
@@ -30,9 +30,11 @@ def test_every_optimizer_names_its_reference_and_shows_an_example(name):
 
 @pytest.mark.parametrize("name", sorted(LIBRARY))
 def test_every_optimizer_has_test_cases(name):
-    # The invariant tests run over `examples.OPTIMIZERS`: adding an optimizer
-    # to the library without adding its cases there fails here.
-    assert any(type(opt) is LIBRARY[name] for opt in OPTIMIZERS.values())
+    # The invariant tests run over `examples.OPTIMIZERS` (2-D-only ones, Muon,
+    # over `MATRIX_OPTIMIZERS`): adding an optimizer to the library without
+    # adding its cases there fails here.
+    examples = OPTIMIZERS | MATRIX_OPTIMIZERS
+    assert any(type(opt) is LIBRARY[name] for opt in examples.values())
 
 
 @pytest.mark.parametrize("name", sorted(LIBRARY))

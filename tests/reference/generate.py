@@ -6,8 +6,9 @@ Run from the repository root, with torch, transformers and timm installed
     python -m tests.reference.generate            # every table
     python -m tests.reference.generate schedules  # one table
 
-Each table module (``schedule_cases``, ``optimizer_cases``) defines
-``GOLDEN`` (the JSON file name, beside this script) and ``generate()``, which
+Each table module (``schedule_cases``, ``optimizer_cases``,
+``more_optimizer_cases``) defines ``GOLDEN`` (the JSON file name, beside this
+script) and ``generate()``, which
 runs the reference libraries and returns a JSON-safe dict. The suite compares
 cadence against these files always, and against the live libraries when they
 are importable.
@@ -22,7 +23,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TABLES = {"schedules": "schedule_cases", "optimizers": "optimizer_cases"}
+TABLES = {
+    "schedules": "schedule_cases",
+    "optimizers": "optimizer_cases",
+    "more_optimizers": "more_optimizer_cases",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,13 @@ OPTIMIZERS = {
     "adagrad": O.adagrad(1e-2, initial_accumulator_value=0.1),
     "lion": O.lion(1e-3, weight_decay=0.1),
     "chain": O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2, weight_decay=0.1)),
+    "nadam": O.nadam(1e-2, weight_decay=0.1, decoupled_weight_decay=True),
+    "adafactor": O.adafactor(1e-2, weight_decay=0.1),
 }
+
+# Muon takes 2-D leaves only: it is checked on the two matrices.
+MATRIX_OPTIMIZERS = {"muon": O.muon(1e-2)}
+MATRICES = ("w1", "w2")
 
 SCHEDULE = S.warmup(S.cosine(2e-2, 20, end=1e-3), 3)
 
@@ -138,12 +144,25 @@ def mismatches(tree: Any, expected: Any) -> list[str]:
 
 
 def follows_params(state: Any, params: Any, mesh: Any) -> list[str]:
-    """Independent of `state_shardings`: buffers like their parameter, scalars replicated."""
+    """Independent of `state_shardings`: buffers like their parameter, scalars replicated.
+
+    A buffer that reduces its parameter to size 1 along some dimensions
+    (Adafactor's row and column moments, its one-element placeholders) keeps
+    the parameter's partitioning of the other dimensions.
+    """
     out = []
     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
         name = path[-1].key if isinstance(path[-1], jax.tree_util.DictKey) else None
         if x.ndim and isinstance(params.get(name), jax.Array):
-            want = params[name].sharding
+            param = params[name]
+            want = param.sharding
+            if x.shape != param.shape:
+                spec = list(want.spec) + [None] * (param.ndim - len(want.spec))
+                kept = (
+                    a if d == q else None
+                    for a, d, q in zip(spec, x.shape, param.shape, strict=True)
+                )
+                want = NamedSharding(mesh, P(*kept))
         else:
             want = NamedSharding(mesh, P())
         if not x.sharding.is_equivalent_to(want, x.ndim):
@@ -181,13 +200,26 @@ def spmd() -> dict[str, Any]:
         jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), host) for _ in range(2)
     ]
     report: dict[str, Any] = {}
-    for name, opt in OPTIMIZERS.items():
+    every = (OPTIMIZERS | MATRIX_OPTIMIZERS).items()
+    full = (shardings, params, host, grads_host)
+    for name, opt in every:
+        shardings, params, host, grads_host = full
+        if name in MATRIX_OPTIMIZERS:
+            shardings, params, host = ({k: t[k] for k in MATRICES} for t in full[:3])
+            grads_host = [{k: g[k] for k in MATRICES} for g in full[3]]
         r: dict[str, Any] = {}
         expected = O.state_shardings(opt, shardings)
-        r["bare_vs_arrays"] = jax.tree.map(
-            lambda a, b: a == b, expected, O.state_shardings(opt, params)
+        # The same layouts (P() and P(None) on a vector are one layout: bare
+        # shardings give a parameter the rank of its spec, so a replicated
+        # vector's one-element placeholder comes out P() there).
+        ranks = [x.ndim for x in jax.tree.leaves(jax.eval_shape(opt.init, params))]
+        same = zip(
+            jax.tree.leaves(expected),
+            jax.tree.leaves(O.state_shardings(opt, params)),
+            ranks,
+            strict=True,
         )
-        r["bare_vs_arrays"] = all(jax.tree.leaves(r["bare_vs_arrays"]))
+        r["bare_vs_arrays"] = all(a == b or a.is_equivalent_to(b, n) for a, b, n in same)
         states = {
             "eager": opt.init(params),
             "jit": jax.jit(opt.init)(params),
@@ -200,7 +232,9 @@ def spmd() -> dict[str, Any]:
             mode: mismatches(s, expected) + follows_params(s, params, mesh)
             for mode, s in states.items()
         }
-        state = states["jit"]
+        # (Placed by out_shardings: a plain jit of init replicates Adafactor's
+        # row and column moments, whose layout it cannot tie to the params'.)
+        state = states["eval_shape"]
         compiled = jax.jit(optimizer_step(opt)).lower(params, state, params).compile()
         r["collectives"] = collectives(compiled.as_text())
         # The compiled step runs on the sharded arrays and keeps their layout.
@@ -222,6 +256,7 @@ def spmd() -> dict[str, Any]:
         g = put(grads_host[0], shardings)
         r["step_vs_update"] = max_diff(by_step(g, state, params), compiled(g, state, params))
         report[name] = r
+    shardings, params, host, grads_host = full
 
     # A whole training step (forward, backward, update) on a batch split over
     # data, against one device.
@@ -376,6 +411,35 @@ def zero() -> dict[str, Any]:
         r["max_diff"] = max_diff(runs["plain"][0], runs["zero"][0])
         r["bitwise"] = bitwise(runs["plain"][0], runs["zero"][0])
         report[name] = r
+    # The rules of the newer optimizers (Muon on the matrices): factored
+    # moments split along their kept dimensions, placeholders replicated.
+    for name, base in (
+        ("nadam", OPTIMIZERS["nadam"]),
+        ("adafactor", OPTIMIZERS["adafactor"]),
+        ("muon", MATRIX_OPTIMIZERS["muon"]),
+    ):
+        keys = MATRICES if name == "muon" else tuple(host)
+        p0 = {k: params0[k] for k in keys}
+        opt = O.shard_state(base, mesh, axis="data")
+        expected = O.state_shardings(opt, p0)
+        state = opt.init(p0)
+        r = {"placement": mismatches(state, expected)}
+        r["specs"] = {
+            path_of(path): spec_of(x.sharding)
+            for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+            if x.ndim
+        }
+        runs = {}
+        for label, tx, s in (("plain", base, base.init(p0)), ("zero", opt, state)):
+            step = jax.jit(optimizer_step(tx))
+            p = p0
+            for t in range(5):
+                g = jax.tree.map(lambda a, t=t: jnp.cos(a * (t + 1)), p)
+                p, s = step(g, s, p)
+            runs[label] = (p, s)
+        r["layout_kept"] = mismatches(runs["zero"][1], expected)
+        r["max_diff"] = max_diff(runs["plain"][0], runs["zero"][0])
+        report[f"more_{name}"] = r
     return report
 
 
