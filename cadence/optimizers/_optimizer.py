@@ -445,6 +445,11 @@ class Optimizer(Transformation):
             Array([ 0.899, -0.899], dtype=float32)
         """
         del extra
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((grads, state, params))):
+            # Called eagerly: compiled all the same, so that the per-group
+            # scalars round as in a jitted step (XLA fuses their arithmetic;
+            # op by op it rounds each operation), and the step costs one call.
+            return _compiled_step(self, grads, state, params)
         return self._step(grads, state, params, None)
 
     def _step(self, grads: Any, state: Any, params: Any, scale: jax.Array | None) -> Any:
@@ -634,3 +639,9 @@ def optimizer_type(cls: type[_O]) -> type[_O]:
         state.__doc__ = f"`{cls.__name__}` state: the update count, {', '.join(names[1:])}."
         cls.State = state
     return transformation_type(cls)
+
+
+@jax.jit
+def _compiled_step(opt: Optimizer, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    """`Optimizer.step` of an eager call, compiled (one cached program per structure)."""
+    return opt._step(grads, state, params, None)
