@@ -174,7 +174,10 @@ def cosine_at(c: cosine, t: jax.Array, steps: ArrayLike) -> jax.Array:
         # their relative precision.
         k = as_float(c.k)
         phase = pow_unless_one(div(tc, steps), k)
-        rest = -jnp.expm1(k * jnp.log1p(-div(steps - tc, steps)))
+        # At t = 0 the log is -inf: keep it out of the gradient (NaN under where).
+        started = tc > 0
+        log_phase = jnp.log1p(-div(steps - jnp.where(started, tc, steps), steps))
+        rest = jnp.where(started, -jnp.expm1(k * log_phase), 1.0)
         fractions = cos_fractions(phase, 1.0, c.cycles, rest)
     value = blend(c.init, c.end, *fractions)
     return jnp.where(t > steps, as_float(c.end), value)
