@@ -197,8 +197,10 @@ def check_leaf(
     x = getattr(obj, name)
     if x is None and optional:
         return
-    if isinstance(x, (bool, np.bool_)) or isinstance(x, (str, bytes)):
+    if isinstance(x, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{owner}: {name} must be a number, got {x!r}")
+    if isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {x!r}")
     if isinstance(x, numbers.Real):
         x = float(x)
         _check_values(owner, name, np.asarray(x), positive, nonnegative)

@@ -22,6 +22,9 @@ BAD = [
     (lambda: S.linear(True, 0.0, 10), TypeError, "init"),
     # Issue 20 item 4: infinity, True as a step count, arrays that skipped range checks.
     (lambda: S.linear(math.inf, 0.0, 10), ValueError, "init must be finite"),
+    (lambda: S.linear(1 + 2j, 0.0, 10), TypeError, "init must be a real number"),
+    (lambda: S.cosine(1.0, 10, end=np.complex64(1)), TypeError, "end must be a real number"),
+    (lambda: S.constant(jnp.array(1 + 0j)), TypeError, "value must be real"),
     (lambda: S.cosine(1.0, 10, end=-math.inf), ValueError, "end must be finite"),
     (lambda: S.clip(C, lo=-math.inf), ValueError, "lo must be finite"),
     (lambda: S.piecewise((10,), (1.0, math.inf)), ValueError, "values must be finite"),
