@@ -214,14 +214,18 @@ def check_leaf(
         _check_values(owner, name, values.astype(np.float64), positive, nonnegative)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_values(owner: str, name: str, x: np.ndarray, positive: bool, nonnegative: bool) -> None:
     shown = x.item() if x.ndim == 0 else x
     if np.any(np.isnan(x)):
         raise ValueError(f"{owner}: {name} must not be NaN, got {shown!r}")
     # An infinite value has no use in a schedule (a missing bound is None) and
     # turns into NaN as soon as it meets a zero weight.
-    if np.any(np.isinf(x)):
-        raise ValueError(f"{owner}: {name} must be finite, got {shown!r}")
+    # Values beyond float32's range are infinite in the default dtype too.
+    if np.any(np.isinf(x)) or np.any(np.abs(x) > _FLOAT32_MAX):
+        raise ValueError(f"{owner}: {name} must be finite (within float32's range), got {shown!r}")
     if positive and not np.all(x > 0):
         raise ValueError(f"{owner}: {name} must be > 0, got {shown!r}")
     if nonnegative and not np.all(x >= 0):
@@ -239,7 +243,7 @@ def check_leaves(obj: Any, name: str) -> None:
             raise TypeError(f"{owner}: {name} must hold numbers, got {x!r}")
         if isinstance(x, numbers.Real):
             x = float(x)
-            if not math.isfinite(x):
+            if not math.isfinite(x) or abs(x) > _FLOAT32_MAX:
                 raise ValueError(f"{owner}: {name} must be finite, got {xs!r}")
         out.append(x)
     set_field(obj, name, tuple(out))

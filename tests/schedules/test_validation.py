@@ -23,6 +23,8 @@ BAD = [
     # Issue 20 item 4: infinity, True as a step count, arrays that skipped range checks.
     (lambda: S.linear(math.inf, 0.0, 10), ValueError, "init must be finite"),
     (lambda: S.linear(1 + 2j, 0.0, 10), TypeError, "init must be a real number"),
+    (lambda: S.constant(3.5e38), ValueError, "value must be finite .within float32's range"),
+    (lambda: S.piecewise((1,), (1.0, -1e39)), ValueError, "values must be finite"),
     (lambda: S.cosine(1.0, 10, end=np.complex64(1)), TypeError, "end must be a real number"),
     (lambda: S.constant(jnp.array(1 + 0j)), TypeError, "value must be real"),
     (lambda: S.cosine(1.0, 10, end=-math.inf), ValueError, "end must be finite"),
