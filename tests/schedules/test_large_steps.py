@@ -200,9 +200,8 @@ def test_sgd_with_exponential_decay_is_finite_at_count_1e8() -> None:
 
 # Values that grow without bound (a rate, gamma or cycle decay > 1 with no
 # `end`, or from a negative start under a ceiling) overflow where the true
-# value does, so growth here always has a
-# bound; everything else must be finite at every step. Random members of
-# every type, plus the examples.
+# value does, so growth here always has a bound; everything else must be
+# finite at every step. Random members of every type, plus the examples.
 finite_values = st.floats(-10.0, 10.0, allow_nan=False)
 positive = st.floats(1e-3, 10.0)
 rates = st.floats(1e-3, 1.0)
