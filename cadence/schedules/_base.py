@@ -66,6 +66,28 @@ def as_float(x: ArrayLike) -> jax.Array:
     return jnp.asarray(x, dtype=float_dtype())
 
 
+def as_step(step: Any) -> jax.Array:
+    """Steps as a float array; refuses bools and non-numbers.
+
+    Integers of any size are accepted: a Python or NumPy integer beyond int32
+    (a token count, say) goes through float64 on the host, where converting it
+    to jax's default int32 first would overflow or wrap around.
+    """
+    if step is None or isinstance(step, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"step must be a number or an array of numbers, got {step!r}")
+    if isinstance(step, numbers.Integral) or (
+        isinstance(step, np.ndarray) and np.issubdtype(step.dtype, np.integer)
+    ):
+        return as_float(np.asarray(step, dtype=np.float64))
+    try:
+        dtype = jnp.result_type(step)
+    except (TypeError, ValueError):
+        raise TypeError(f"step must be a number or an array of numbers, got {step!r}") from None
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise TypeError(f"step must be integer or real, got dtype {dtype} ({step!r})")
+    return as_float(step)
+
+
 def is_concrete_number(x: Any) -> bool:
     """True for Python and NumPy real scalars (not tracers, not jax arrays)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
@@ -77,7 +99,14 @@ class Schedule(abc.ABC):
     Call it with a Python int, a jnp scalar or an integer array of steps; it
     returns a float array of the same shape (float32, or float64 under
     `jax_enable_x64`). ``s(k)`` is the value used by the k-th update, counting
-    from 0. Schedules compose with arithmetic (``s * 2``, ``s + t``, ``1 - s``).
+    from 0. Schedules compose with arithmetic (``s * 2``, ``s + t``, ``1 - s``),
+    with a number on either side: a Python, NumPy or JAX scalar, traced too.
+
+    Step counts, boundaries and steps may exceed int32 (token-counted runs
+    do). In float32 a step past 2**24 is itself rounded to float32 (2**31 - 1
+    counts as 2**31); under `jax_enable_x64` steps are exact. Under `jit`
+    without x64, JAX turns int64 arguments into int32 before a schedule sees
+    them: pass such steps as Python ints or floats.
 
     Example:
         >>> from cadence import schedules as S
@@ -86,38 +115,40 @@ class Schedule(abc.ABC):
         0.001
     """
 
+    # NumPy arrays and scalars defer to the reflected operators below, so that
+    # ``np.float32(2) * s`` is a schedule rather than an object array.
+    __array_ufunc__ = None
+
     def __call__(self, step: ArrayLike) -> jax.Array:
-        if isinstance(step, (bool, np.bool_, str)) or not hasattr(jnp.asarray(step), "dtype"):
-            raise TypeError(f"step must be a number or an array, got {step!r}")
-        return self._value(as_float(step))
+        return self._value(as_step(step))
 
     @abc.abstractmethod
     def _value(self, t: jax.Array) -> jax.Array:
         """The schedule at float steps `t` (already cast to the float dtype)."""
 
-    def __mul__(self, other: Schedule | float) -> Schedule:
-        return _arith("*", self, other)
+    def __mul__(self, other: Schedule | ArrayLike) -> Schedule:
+        return _arith_or_not("*", self, other)
 
-    def __rmul__(self, other: float) -> Schedule:
-        return _arith("*", other, self)
+    def __rmul__(self, other: ArrayLike) -> Schedule:
+        return _arith_or_not("*", other, self)
 
-    def __truediv__(self, other: Schedule | float) -> Schedule:
-        return _arith("/", self, other)
+    def __truediv__(self, other: Schedule | ArrayLike) -> Schedule:
+        return _arith_or_not("/", self, other)
 
-    def __rtruediv__(self, other: float) -> Schedule:
-        return _arith("/", other, self)
+    def __rtruediv__(self, other: ArrayLike) -> Schedule:
+        return _arith_or_not("/", other, self)
 
-    def __add__(self, other: Schedule | float) -> Schedule:
-        return _arith("+", self, other)
+    def __add__(self, other: Schedule | ArrayLike) -> Schedule:
+        return _arith_or_not("+", self, other)
 
-    def __radd__(self, other: float) -> Schedule:
-        return _arith("+", other, self)
+    def __radd__(self, other: ArrayLike) -> Schedule:
+        return _arith_or_not("+", other, self)
 
-    def __sub__(self, other: Schedule | float) -> Schedule:
-        return _arith("-", self, other)
+    def __sub__(self, other: Schedule | ArrayLike) -> Schedule:
+        return _arith_or_not("-", self, other)
 
-    def __rsub__(self, other: float) -> Schedule:
-        return _arith("-", other, self)
+    def __rsub__(self, other: ArrayLike) -> Schedule:
+        return _arith_or_not("-", other, self)
 
 
 def schedule_type(cls: _S) -> _S:
@@ -157,35 +188,48 @@ def check_leaf(
     nonnegative: bool = False,
     optional: bool = False,
 ) -> None:
-    """Validate a float leaf; normalise concrete numbers to Python floats."""
+    """Validate a float leaf; normalise concrete Python and NumPy numbers to floats.
+
+    Concrete arrays (0-d, or the stacked leaves of a sweep) are checked value
+    by value with the same rules and kept as arrays; tracers pass untouched.
+    """
     owner = type(obj).__name__
     x = getattr(obj, name)
     if x is None and optional:
         return
-    if isinstance(x, (bool, np.bool_)) or isinstance(x, (str, bytes)):
+    if isinstance(x, (bool, np.bool_, str, bytes)):
         raise TypeError(f"{owner}: {name} must be a number, got {x!r}")
+    if isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a real number, got {x!r}")
     if isinstance(x, numbers.Real):
         x = float(x)
-        if math.isnan(x):
-            raise ValueError(f"{owner}: {name} must not be NaN")
-        if positive and not x > 0:
-            raise ValueError(f"{owner}: {name} must be > 0, got {x!r}")
-        if nonnegative and not x >= 0:
-            raise ValueError(f"{owner}: {name} must be >= 0, got {x!r}")
-        if math.isinf(x) and (positive or nonnegative):
-            raise ValueError(f"{owner}: {name} must be finite, got {x!r}")
+        _check_values(owner, name, np.asarray(x), positive, nonnegative)
         set_field(obj, name, x)
     elif isinstance(x, (np.ndarray, jax.Array)) and not isinstance(x, jax.core.Tracer):
-        if np.ndim(x) != 0 and not _is_batch_leaf(x):
-            raise ValueError(f"{owner}: {name} must be a scalar, got shape {np.shape(x)}")
-        if np.any(np.isnan(np.asarray(x))):
-            raise ValueError(f"{owner}: {name} must not be NaN")
+        values = np.asarray(x)
+        if not (
+            np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
+        ):
+            raise TypeError(f"{owner}: {name} must be real, got dtype {values.dtype}")
+        _check_values(owner, name, values.astype(np.float64), positive, nonnegative)
 
 
-def _is_batch_leaf(x: Any) -> bool:
-    # A stacked schedule (e.g. a sweep built with tree_map) has array leaves;
-    # it is meant for vmap and is allowed as is.
-    return np.ndim(x) >= 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_values(owner: str, name: str, x: np.ndarray, positive: bool, nonnegative: bool) -> None:
+    shown = x.item() if x.ndim == 0 else x
+    if np.any(np.isnan(x)):
+        raise ValueError(f"{owner}: {name} must not be NaN, got {shown!r}")
+    # An infinite value has no use in a schedule (a missing bound is None) and
+    # turns into NaN as soon as it meets a zero weight.
+    # Values beyond float32's range are infinite in the default dtype too.
+    if np.any(np.isinf(x)) or np.any(np.abs(x) > _FLOAT32_MAX):
+        raise ValueError(f"{owner}: {name} must be finite (within float32's range), got {shown!r}")
+    if positive and not np.all(x > 0):
+        raise ValueError(f"{owner}: {name} must be > 0, got {shown!r}")
+    if nonnegative and not np.all(x >= 0):
+        raise ValueError(f"{owner}: {name} must be >= 0, got {shown!r}")
 
 
 def check_leaves(obj: Any, name: str) -> None:
@@ -199,8 +243,8 @@ def check_leaves(obj: Any, name: str) -> None:
             raise TypeError(f"{owner}: {name} must hold numbers, got {x!r}")
         if isinstance(x, numbers.Real):
             x = float(x)
-            if math.isnan(x):
-                raise ValueError(f"{owner}: {name} must not contain NaN")
+            if not math.isfinite(x) or abs(x) > _FLOAT32_MAX:
+                raise ValueError(f"{owner}: {name} must be finite, got {xs!r}")
         out.append(x)
     set_field(obj, name, tuple(out))
 
@@ -210,7 +254,9 @@ def check_int(obj: Any, name: str, *, minimum: int = 0, optional: bool = False) 
     x = getattr(obj, name)
     if x is None and optional:
         return
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+    if isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{owner}: {name} must be an integer, got {x!r}")
+    if not isinstance(x, numbers.Integral):
         if isinstance(x, numbers.Real) and float(x).is_integer():
             x = int(x)
         else:
@@ -237,7 +283,9 @@ def check_number(obj: Any, name: str, *, positive: bool = True) -> None:
     set_field(obj, name, x)
 
 
-def check_ints(obj: Any, name: str, *, strictly_increasing: bool, minimum: int = 0) -> None:
+def check_ints(
+    obj: Any, name: str, *, strictly_increasing: bool, minimum: int = 0, sort: bool = False
+) -> None:
     owner = type(obj).__name__
     xs = getattr(obj, name)
     if isinstance(xs, (str, bytes)) or not isinstance(xs, Sequence):
@@ -250,6 +298,8 @@ def check_ints(obj: Any, name: str, *, strictly_increasing: bool, minimum: int =
         if x < minimum:
             raise ValueError(f"{owner}: {name} must be >= {minimum}, got {xs!r}")
         out.append(x)
+    if sort:
+        out.sort()
     pairs = list(itertools.pairwise(out))
     if strictly_increasing and any(b <= a for a, b in pairs):
         raise ValueError(f"{owner}: {name} must be strictly increasing, got {xs!r}")
@@ -347,7 +397,13 @@ class arithmetic(Schedule):
                 raise TypeError(
                     f"schedule arithmetic: {side} operand must be a number or a Schedule, got {x!r}"
                 )
-        if self.op == "/" and isinstance(self.right, float) and self.right == 0.0:
+        right = self.right
+        if (
+            self.op == "/"
+            and isinstance(right, (float, np.ndarray, jax.Array))
+            and not isinstance(right, jax.core.Tracer)
+            and np.any(np.asarray(right) == 0)
+        ):
             raise ValueError("schedule arithmetic: division by zero")
 
     def _value(self, t: jax.Array) -> jax.Array:
@@ -357,8 +413,30 @@ class arithmetic(Schedule):
         return f"({self.left!r} {self.op} {self.right!r})"
 
 
-def _arith(op: str, left: Any, right: Any) -> Schedule:
-    for x in (left, right):
-        if not isinstance(x, (Schedule, numbers.Real)) or isinstance(x, bool):
-            return NotImplemented
-    return arithmetic(op, left, right)
+def _arith_or_not(op: str, left: Any, right: Any) -> Schedule:
+    """``left op right`` as a schedule, or NotImplemented for other operand types."""
+    operands = [_operand(x) for x in (left, right)]
+    if any(x is None for x in operands):
+        return NotImplemented
+    return arithmetic(op, *operands)
+
+
+def _operand(x: Any) -> Any:
+    """`x` as an arithmetic operand, or None when it is not a number or a schedule."""
+    if isinstance(x, Schedule) or is_concrete_number(x):
+        return x
+    if not isinstance(x, (np.ndarray, jax.Array, jax.core.Tracer)):
+        return None
+    # A JAX or NumPy scalar, concrete or traced (vmap, grad), is a number.
+    if np.ndim(x) != 0:
+        raise TypeError(
+            "schedule arithmetic: an array operand must be a scalar, got shape "
+            f"{np.shape(x)}; to build many schedules, vmap over the scalar"
+        )
+    dtype = jnp.result_type(x)
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)):
+        raise TypeError(f"schedule arithmetic: operand must be real, got {x!r}")
+    if isinstance(x, jax.core.Tracer):
+        return x
+    # Concrete: a plain float, so the result prints, compares and hashes as usual.
+    return float(x)

@@ -6,6 +6,7 @@ comparable, serializable pytree.
 
 from __future__ import annotations
 
+import fractions
 import math
 from collections.abc import Sequence
 
@@ -15,12 +16,29 @@ import numpy as np
 
 from . import _base as B
 from ._base import Schedule, as_float, field, safe_div, schedule_type
-from ._numerics import div, floor_div, power
+from ._numerics import div, floor_div, power, times
+from ._primitives import cosine, cosine_at
 
-__all__ = ["clip", "join", "per_epoch", "restarts", "warmup"]
+__all__ = ["clip", "join", "per_epoch", "restarts", "shift", "warmup"]
 
 # Cycles of `restarts` whose starts are tabulated exactly (see `restarts._starts`).
 _TABLED_CYCLES = 512
+
+
+def call_with_points(
+    s: Schedule, t: jax.Array, *points: float
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """``s(t)`` and ``s`` at each fixed step in `points`, from one call of `s`.
+
+    A combinator that needs its child at fixed steps too (`warmup`'s target
+    ``s(0)``, `restarts`' peak and floor) evaluates the child once on `t`
+    with the points appended: separate calls would double the work per
+    nesting level, which is exponential in the depth of a nested schedule.
+    """
+    flat = jnp.concatenate([jnp.ravel(t), jnp.asarray(points, t.dtype)])
+    values = s(flat)
+    n = flat.size - len(points)
+    return values[:n].reshape(jnp.shape(t)), tuple(values[n + i] for i in range(len(points)))
 
 
 @schedule_type
@@ -56,6 +74,7 @@ class join(Schedule):
     def _value(self, t: jax.Array) -> jax.Array:
         value = self.schedules[0](t)
         for boundary, s in zip(self.boundaries, self.schedules[1:], strict=True):
+            boundary = float(boundary)  # any size, never an int32 constant
             # Children never see negative steps, even in the unselected branch.
             value = jnp.where(t >= boundary, s(jnp.maximum(t - boundary, 0)), value)
         return value
@@ -90,13 +109,13 @@ class warmup(Schedule):
         B.check_leaf(self, "init")
 
     def _value(self, t: jax.Array) -> jax.Array:
-        after = self.s(jnp.maximum(t - self.steps, 0))
+        steps = float(self.steps)
         if self.steps == 0:
-            return after
+            return self.s(jnp.maximum(t, 0))
+        after, (target,) = call_with_points(self.s, jnp.maximum(t - steps, 0), 0.0)
         init = as_float(self.init)
-        target = self.s(jnp.zeros((), t.dtype))
-        ramp = init + (target - init) * div(jnp.maximum(t, 0), self.steps)
-        return jnp.where(t < self.steps, ramp, after)
+        ramp = init + (target - init) * div(jnp.maximum(t, 0), steps)
+        return jnp.where(t < steps, ramp, after)
 
 
 @schedule_type
@@ -167,11 +186,36 @@ class restarts(Schedule):
         keep = starts <= 2.0**52
         return starts[keep], lengths[keep]
 
+    def _scale(self) -> int:
+        """q such that ``period * q`` is a whole number of steps (1 if none is small).
+
+        transformers' cosine_with_restarts has cycles of ``steps / num_cycles``
+        (100 / 3). Counted in steps of 1/q the cycle length is a whole number,
+        so cycle starts and the phase in a cycle are exact, where a rounded
+        33.333332 costs the values near each cycle's end their precision.
+        """
+        period = float(self.period)
+        if self.mult != 1.0 or period.is_integer():
+            return 1
+        ratio = fractions.Fraction(period).limit_denominator(4096)
+        if abs(float(ratio) - period) > 1e-12 * period or ratio.numerator >= 2**24:
+            return 1
+        return ratio.denominator
+
     def _cycle(self, t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Cycle index, first step and length of the cycle containing `t`."""
+        """Cycle index, and the position in and length of the cycle containing `t`.
+
+        The position and length are in steps of ``1 / self._scale()``.
+        """
         if self.mult == 1.0:
-            i = floor_div(t, self.period)
-            return i, i * self.period, jnp.full_like(t, self.period)
+            q = self._scale()
+            length = round(float(self.period) * q) if q > 1 else float(self.period)
+            u = t * q  # exact for whole steps below 2**24 / q
+            # fmod is exact: the position stays right where i * length, past
+            # 2**24, would not be representable.
+            local = jnp.mod(u, length)
+            i = jnp.round(div(u - local, length))
+            return i, local, jnp.full_like(t, length)
         starts, lengths = self._starts()
         i_table = jnp.searchsorted(as_float(starts[:-1]), t, side="right") - 1
         # Past the table (only for mult very close to 1): the closed form,
@@ -188,19 +232,26 @@ class restarts(Schedule):
         i = jnp.where(tabled, as_float(i_table), i_far)
         first = jnp.where(tabled, as_float(starts)[i_table], start(i_far))
         length = jnp.where(tabled, as_float(lengths)[i_table], p * power(m, i_far))
-        return i, first, length
+        return i, t - first, length
 
     def _value(self, t: jax.Array) -> jax.Array:
         t = jnp.maximum(t, 0)
-        i, first, length = self._cycle(t)
-        x = t - first if self.mult == 1.0 else div((t - first) * self.period, length)
-        inner = self.s(x)
-        peak = self.s(jnp.zeros((), t.dtype))
-        floor = self.s(jnp.full((), self.period, t.dtype))
+        i, local, length = self._cycle(t)
+        period = float(self.period)
+        if isinstance(self.s, cosine):
+            # The cosine on the cycle's own length: an exact phase (see cosine_at).
+            inner = cosine_at(self.s, local, length)
+            peak, floor = self.s(jnp.asarray([0.0, period], t.dtype))
+        else:
+            plain = self.mult == 1.0 and self._scale() == 1
+            x = local if plain else div(local * period, length)
+            inner, (peak, floor) = call_with_points(self.s, x, 0.0, period)
         shape = safe_div(inner - floor, peak - floor)
-        value = inner + (power(self.decay, i) - 1) * peak * shape
+        extra = times(peak, power(self.decay, i) - 1)
+        # A growing peak (decay > 1) overflows at huge steps: keep inf * 0 out.
+        value = inner + jnp.where(shape == 0, 0.0, extra * shape)
         if self.limit is not None:
-            value = jnp.where(i >= self.limit, floor, value)
+            value = jnp.where(i >= float(self.limit), floor, value)
         return value
 
 
@@ -231,6 +282,35 @@ class per_epoch(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         return self.s(floor_div(jnp.maximum(t, 0), self.steps_per_epoch))
+
+
+@schedule_type
+class shift(Schedule):
+    """``s(t + steps)``: `s` entered `steps` steps in.
+
+    transformers' ``cosine_warmup_with_min_lr`` starts its decay one step in,
+    for instance; a run resumed with torch's ``last_epoch`` is another case.
+
+    Args:
+        s: the schedule.
+        steps: how far in `s` starts, >= 0.
+
+    Example:
+        >>> from cadence import schedules as S
+        >>> s = S.shift(S.linear(1.0, 0.0, 4), 1)
+        >>> [float(s(t)) for t in range(5)]
+        [0.75, 0.5, 0.25, 0.0, 0.0]
+    """
+
+    s: Schedule = field(B.CHILD)
+    steps: int = field(B.INT)
+
+    def __post_init__(self) -> None:
+        B.check_child(self, "s")
+        B.check_int(self, "steps")
+
+    def _value(self, t: jax.Array) -> jax.Array:
+        return self.s(jnp.maximum(t, 0) + float(self.steps))
 
 
 @schedule_type

@@ -20,6 +20,11 @@ from ._base import REGISTRY, Schedule
 
 __all__ = ["from_config", "to_config"]
 
+# Nesting allowed in a config. Real schedules nest a few levels (a warmup
+# around restarts around a cosine, times a number); the bound turns a
+# hostile or broken config into a ValueError instead of a RecursionError.
+MAX_DEPTH = 32
+
 
 def to_config(s: Schedule) -> dict[str, Any]:
     """A JSON-safe dict describing `s`, nested for combinators.
@@ -95,8 +100,9 @@ def from_config(config: dict[str, Any]) -> Schedule:
         The schedule, equal to the one that produced the config.
 
     Raises:
-        ValueError: for an unknown type, missing or unknown fields, or values of
-            the wrong kind; the message names the offending path.
+        ValueError: for an unknown type, missing or unknown fields, values of
+            the wrong kind, or schedules nested deeper than `MAX_DEPTH`
+            levels; the message names the offending path.
 
     Example:
         >>> from cadence import schedules as S
@@ -121,6 +127,9 @@ def registered_type(
 
 
 def _build(config: Any, path: str) -> Schedule:
+    depth = path.count(".")  # one "." per field a child schedule sits in
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"from_config: {path}: schedules nest deeper than {MAX_DEPTH} levels")
     known = sorted(n for n in REGISTRY if n != "from_fn")
     cls = registered_type(config, path, REGISTRY, "schedule", known)
     name = cls.__name__

@@ -7,38 +7,46 @@ again, torch's CosineAnnealingLR is periodic), the difference is written down.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from . import _base as B
-from ._base import Schedule, as_float, field, float_dtype, schedule_type
-from ._numerics import cos_fraction, div, floor_div, pow_unless_one, power, safe_sqrt
+from ._base import Schedule, as_float, field, schedule_type
+from ._numerics import (
+    blend,
+    cos_fractions,
+    div,
+    floor_div,
+    pow_unless_one,
+    power,
+    times,
+)
 
 __all__ = [
     "constant",
     "cosine",
-    "cyclic",
     "exponential",
     "from_fn",
-    "inverse_sqrt",
     "linear",
     "multistep",
-    "noam",
-    "one_cycle",
     "piecewise",
     "polynomial",
     "step_decay",
-    "wsd",
 ]
 
 
-def _remaining(t: jax.Array, steps: float) -> jax.Array:
-    """``(steps - t) / steps`` clipped to [0, 1]: exactly 0 at ``t >= steps``."""
+def _fractions(t: jax.Array, steps: float) -> tuple[jax.Array, jax.Array]:
+    """``(steps - t) / steps`` and ``t / steps`` for t clipped to [0, steps].
+
+    Each is exact at both ends (the first is exactly 0 at ``t >= steps``), and
+    `steps` is a Python float, so a step count past int32 is no constant overflow.
+    """
+    steps = float(steps)
     t = jnp.clip(t, 0, steps)
-    return div(steps - t, steps)
+    return div(steps - t, steps), div(t, steps)
 
 
 @schedule_type
@@ -95,8 +103,7 @@ class linear(Schedule):
         B.check_int(self, "steps", minimum=1)
 
     def _value(self, t: jax.Array) -> jax.Array:
-        init, end = as_float(self.init), as_float(self.end)
-        return end + (init - end) * _remaining(t, self.steps)
+        return blend(self.init, self.end, *_fractions(t, self.steps))
 
 
 @schedule_type
@@ -145,12 +152,35 @@ class cosine(Schedule):
         B.check_leaf(self, "k", positive=True)
 
     def _value(self, t: jax.Array) -> jax.Array:
-        init, end = as_float(self.init), as_float(self.end)
-        tc = jnp.clip(t, 0, self.steps)
-        num = pow_unless_one(tc, self.k)
-        den = pow_unless_one(as_float(self.steps), self.k)
-        value = end + (init - end) * cos_fraction(num, den, self.cycles)
-        return jnp.where(t > self.steps, end, value)
+        return cosine_at(self, t, float(self.steps))
+
+
+def cosine_at(c: cosine, t: jax.Array, steps: ArrayLike) -> jax.Array:
+    """`c` stretched to `steps` (an array or a float), at `t` in those steps.
+
+    ``cosine_at(c, t, c.steps)`` is ``c(t)``. `restarts` plays a cosine on
+    each cycle's own length this way: the phase ``t / length`` is then exact,
+    where stretching the step first (``t * steps / length``) rounds it and
+    costs the small values near a cycle's end their relative precision.
+    """
+    steps = as_float(steps)
+    tc = jnp.clip(t, 0, steps)
+    if isinstance(c.k, float) and c.k == 1.0:
+        fractions = cos_fractions(tc, steps, c.cycles)
+    else:
+        # k-decay's phase (t / T)**k, as a ratio (T**k overflows for large k),
+        # and its complement 1 - (t / T)**k = -expm1(k * log1p(-(T - t) / T))
+        # without the cancellation that would cost the values near the end
+        # their relative precision.
+        k = as_float(c.k)
+        phase = pow_unless_one(div(tc, steps), k)
+        # At t = 0 the log is -inf: keep it out of the gradient (NaN under where).
+        started = tc > 0
+        log_phase = jnp.log1p(-div(steps - jnp.where(started, tc, steps), steps))
+        rest = jnp.where(started, -jnp.expm1(k * log_phase), 1.0)
+        fractions = cos_fractions(phase, 1.0, c.cycles, rest)
+    value = blend(c.init, c.end, *fractions)
+    return jnp.where(t > steps, as_float(c.end), value)
 
 
 @schedule_type
@@ -188,7 +218,8 @@ class polynomial(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         init, end = as_float(self.init), as_float(self.end)
-        return end + (init - end) * pow_unless_one(_remaining(t, self.steps), self.power)
+        remaining, _ = _fractions(t, self.steps)
+        return end + (init - end) * pow_unless_one(remaining, self.power)
 
 
 @schedule_type
@@ -229,7 +260,7 @@ class exponential(Schedule):
     def _value(self, t: jax.Array) -> jax.Array:
         t = jnp.maximum(t, 0)
         e = floor_div(t, self.every) if self.staircase else div(t, self.every)
-        value = as_float(self.init) * power(self.rate, e)
+        value = times(self.init, power(self.rate, e))
         if self.end is None:
             return value
         end, rate = as_float(self.end), as_float(self.rate)
@@ -263,18 +294,19 @@ class step_decay(Schedule):
 
     def _value(self, t: jax.Array) -> jax.Array:
         n = floor_div(jnp.maximum(t, 0), self.every)
-        return as_float(self.init) * power(self.gamma, n)
+        return times(self.init, power(self.gamma, n))
 
 
 @schedule_type
 class multistep(Schedule):
     """``init * gamma ** (number of milestones <= t)``: torch's MultiStepLR.
 
-    A milestone listed twice counts twice, as in torch.
+    A milestone listed twice counts twice and the order of the milestones does
+    not matter (they are stored sorted), as in torch.
 
     Args:
         init: value at step 0.
-        milestones: sorted steps (>= 0) at which to multiply by `gamma`.
+        milestones: steps (>= 0) at which to multiply by `gamma`, in any order.
         gamma: factor per milestone.
 
     Example:
@@ -290,7 +322,8 @@ class multistep(Schedule):
 
     def __post_init__(self) -> None:
         B.check_leaf(self, "init")
-        B.check_ints(self, "milestones", strictly_increasing=False)
+        # torch counts milestones in a Counter: their order does not matter.
+        B.check_ints(self, "milestones", strictly_increasing=False, sort=True)
         B.check_leaf(self, "gamma", nonnegative=True)
 
     def _value(self, t: jax.Array) -> jax.Array:
@@ -335,311 +368,6 @@ class piecewise(Schedule):
             return jnp.broadcast_to(values[0], t.shape)
         i = jnp.searchsorted(as_float(self.boundaries), t, side="right")
         return values[i]
-
-
-@schedule_type
-class inverse_sqrt(Schedule):
-    """``init / sqrt((t + timescale) / timescale)``: transformers' inverse_sqrt decay.
-
-    ``S.warmup(S.inverse_sqrt(peak, timescale), W)`` is transformers'
-    ``get_inverse_sqrt_schedule(num_warmup_steps=W, timescale=timescale)``.
-
-    Args:
-        init: value at step 0.
-        timescale: steps over which the value falls by ``1/sqrt(2)``, > 0.
-
-    Example:
-        >>> from cadence import schedules as S
-        >>> s = S.inverse_sqrt(1.0, 10)
-        >>> round(float(s(30)), 6)
-        0.5
-    """
-
-    init: float = field(B.LEAF)
-    timescale: float = field(B.NUMBER)
-
-    def __post_init__(self) -> None:
-        B.check_leaf(self, "init")
-        B.check_number(self, "timescale")
-
-    def _value(self, t: jax.Array) -> jax.Array:
-        t = jnp.maximum(t, 0)
-        return as_float(self.init) * jax.lax.rsqrt(div(t + self.timescale, self.timescale))
-
-
-@schedule_type
-class noam(Schedule):
-    """The Transformer paper's rule ``d_model**-0.5 * min(n**-0.5, n * warmup**-1.5)``.
-
-    The paper counts steps from 1, so update ``t`` (from 0) uses ``n = t + 1``;
-    the peak ``(d_model * warmup)**-0.5`` is reached at ``t = warmup - 1``.
-    Multiply by a number for the usual ``factor``: ``2.0 * S.noam(512, 4000)``.
-
-    Args:
-        d_model: model width, >= 1.
-        warmup: warmup steps, >= 1.
-
-    Example:
-        >>> from cadence import schedules as S
-        >>> s = S.noam(512, 4000)
-        >>> round(float(s(3999)) * (512 * 4000) ** 0.5, 6)
-        1.0
-    """
-
-    d_model: int = field(B.INT)
-    warmup: int = field(B.INT)
-
-    def __post_init__(self) -> None:
-        B.check_int(self, "d_model", minimum=1)
-        B.check_int(self, "warmup", minimum=1)
-
-    def _value(self, t: jax.Array) -> jax.Array:
-        n = jnp.maximum(t, 0) + 1
-        scale = self.d_model**-0.5
-        rising = as_float(scale * self.warmup**-1.5) * n
-        falling = as_float(scale) * jax.lax.rsqrt(n)
-        return jnp.minimum(rising, falling)
-
-
-_ANNEALS = ("cos", "linear")
-
-
-@schedule_type
-class one_cycle(Schedule):
-    """The 1cycle policy: torch's OneCycleLR, including ``three_phase``.
-
-    Starts at ``peak / div_factor``, rises to `peak` by step
-    ``pct_start * steps - 1``, then falls to ``peak / div_factor /
-    final_div_factor`` at step ``steps - 1`` (three-phase: back to the start
-    value at ``2 * pct_start * steps - 2`` first). These are torch's float
-    phase ends (optax's onecycle ends each phase one step later).
-
-    With ``anneal="linear"`` in float64, the value repeats torch's own
-    arithmetic, so its last value carries torch's rounding (about 1e-11
-    relative); in float32 it is the closest float32 to torch's value.
-
-    Past the horizon: torch accepts one extra step (``last_epoch == steps``)
-    and extrapolates the last phase there; this schedule holds the final value
-    from ``steps - 1`` on.
-
-    Args:
-        peak: the maximum (torch's ``max_lr``).
-        steps: total steps (torch's ``total_steps``), >= 2.
-        pct_start: fraction of steps spent rising.
-        div_factor: ``peak / initial``.
-        final_div_factor: ``initial / final``.
-        anneal: ``"cos"`` or ``"linear"`` (torch's ``anneal_strategy``).
-        three_phase: rise, fall back to the start value, then anneal.
-
-    Example:
-        >>> from cadence import schedules as S
-        >>> s = S.one_cycle(1.0, 100)
-        >>> float(s(0)), float(s(29)), float(s(99))
-        (0.04, 1.0, 4e-06)
-    """
-
-    peak: float = field(B.LEAF)
-    steps: int = field(B.INT)
-    pct_start: float = field(B.NUMBER, 0.3)
-    div_factor: float = field(B.LEAF, 25.0)
-    final_div_factor: float = field(B.LEAF, 1e4)
-    anneal: str = field(B.STR, "cos")
-    three_phase: bool = field(B.BOOL, False)
-
-    def __post_init__(self) -> None:
-        B.check_leaf(self, "peak")
-        B.check_int(self, "steps", minimum=2)
-        B.check_number(self, "pct_start")
-        B.set_field(self, "pct_start", float(self.pct_start))
-        B.check_leaf(self, "div_factor", positive=True)
-        B.check_leaf(self, "final_div_factor", positive=True)
-        B.check_choice(self, "anneal", _ANNEALS)
-        B.check_bool(self, "three_phase")
-        ends = [0.0, *self._phase_ends()]
-        if not self.pct_start < 1 or any(b <= a for a, b in itertools.pairwise(ends)):
-            raise ValueError(
-                f"one_cycle: pct_start={self.pct_start} with steps={self.steps} "
-                f"gives empty or reversed phases (phase ends {ends[1:]})"
-            )
-
-    def _phase_ends(self) -> list[float]:
-        # torch's float phase ends.
-        up = self.pct_start * self.steps - 1
-        if self.three_phase:
-            return [up, 2 * self.pct_start * self.steps - 2, self.steps - 1.0]
-        return [up, self.steps - 1.0]
-
-    def _value(self, t: jax.Array) -> jax.Array:
-        peak = as_float(self.peak)
-        initial = peak / as_float(self.div_factor)
-        final = initial / as_float(self.final_div_factor)
-        levels = (
-            [initial, peak, initial, final]
-            if self.three_phase
-            else [
-                initial,
-                peak,
-                final,
-            ]
-        )
-        ends = self._phase_ends()
-        t = jnp.clip(t, 0, ends[-1])
-        value = None
-        start = 0.0
-        # A static unroll over the two or three phases: phase i is used for
-        # t in (end of phase i-1, end of phase i], as in torch.
-        for i, end_step in enumerate(ends):
-            a, b = levels[i], levels[i + 1]
-            num, den = t - start, end_step - start
-            if self.anneal == "cos":
-                piece = b + (a - b) * cos_fraction(num, den)
-            elif float_dtype() == jnp.float64:
-                # The target is torch's float64 value. In float64 we can repeat
-                # torch's own `(end - start) * pct + start`, rounding and all
-                # (at pct = 1 it is ~1e-11 off `end`); in float32 that form
-                # would lose the small end value to cancellation, so there we
-                # compute the value's closest float32 from the remaining part.
-                piece = a + (b - a) * div(num, den)
-            else:
-                piece = b + (a - b) * div(den - num, den)
-            value = piece if value is None else jnp.where(t > start, piece, value)
-            start = end_step
-        return value
-
-
-_CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
-
-
-@schedule_type
-class cyclic(Schedule):
-    """Cyclical learning rate: torch's CyclicLR in its three modes.
-
-    Each cycle rises from `base` to `peak` over `up` steps and falls back over
-    `down` steps. The amplitude is scaled by 1 (``"triangular"``), by
-    ``2 ** -(cycle - 1)`` (``"triangular2"``), or by ``gamma ** t``
-    (``"exp_range"``).
-
-    Args:
-        base: the floor (torch's ``base_lr``).
-        peak: the top of the first cycle (torch's ``max_lr``).
-        up: steps rising (torch's ``step_size_up``), > 0.
-        down: steps falling (``step_size_down``); defaults to `up`.
-        mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
-        gamma: the per-step factor of ``"exp_range"``.
-
-    Example:
-        >>> from cadence import schedules as S
-        >>> s = S.cyclic(0.0, 1.0, 2)
-        >>> [float(s(t)) for t in range(6)]
-        [0.0, 0.5, 1.0, 0.5, 0.0, 0.5]
-    """
-
-    base: float = field(B.LEAF)
-    peak: float = field(B.LEAF)
-    up: float = field(B.NUMBER)
-    down: float | None = field(B.NUMBER, None)
-    mode: str = field(B.STR, "triangular")
-    gamma: float = field(B.LEAF, 1.0)
-
-    def __post_init__(self) -> None:
-        B.check_leaf(self, "base")
-        B.check_leaf(self, "peak")
-        B.check_number(self, "up")
-        if self.down is None:
-            B.set_field(self, "down", self.up)
-        B.check_number(self, "down")
-        B.check_choice(self, "mode", _CYCLIC_MODES)
-        B.check_leaf(self, "gamma", positive=True)
-
-    def _value(self, t: jax.Array) -> jax.Array:
-        t = jnp.maximum(t, 0)
-        total = self.up + self.down
-        local = jnp.mod(t, total)
-        # torch's x <= r and (x - 1) / (r - 1), in forms exact for integer steps.
-        scale = jnp.where(local <= self.up, div(local, self.up), div(total - local, self.down))
-        if self.mode == "triangular":
-            amplitude = 1.0
-        elif self.mode == "triangular2":
-            cycle = floor_div(t, total)
-            amplitude = power(0.5, cycle)
-        else:
-            amplitude = power(self.gamma, t)
-        base, peak = as_float(self.base), as_float(self.peak)
-        return base + (peak - base) * scale * amplitude
-
-
-_WSD_SHAPES = ("linear", "cosine", "1-sqrt")
-
-
-@schedule_type
-class wsd(Schedule):
-    """Warmup-stable-decay: transformers' ``get_wsd_schedule``.
-
-    Warms up from `end` to `peak` over `warmup` steps (shape `warmup_shape`),
-    holds `peak` for `stable` steps, decays to `end` over `decay` steps (shape
-    `shape`), then holds `end`. transformers' ``min_lr_ratio`` is
-    ``end / peak``.
-
-    Args:
-        peak: the stable value.
-        warmup: warmup steps, >= 0.
-        stable: stable steps, >= 0.
-        decay: decay steps, >= 0.
-        end: the floor the warmup starts from and the decay ends at.
-        shape: decay shape, ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
-        warmup_shape: warmup shape, same choices.
-        cycles: transformers' ``num_cycles`` for the cosine decay.
-
-    Example:
-        >>> from cadence import schedules as S
-        >>> s = S.wsd(1.0, warmup=2, stable=2, decay=2)
-        >>> [float(s(t)) for t in range(7)]
-        [0.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.0]
-    """
-
-    peak: float = field(B.LEAF)
-    warmup: int = field(B.INT)
-    stable: int = field(B.INT)
-    decay: int = field(B.INT)
-    end: float = field(B.LEAF, 0.0)
-    shape: str = field(B.STR, "linear")
-    warmup_shape: str = field(B.STR, "linear")
-    cycles: float = field(B.LEAF, 0.5)
-
-    def __post_init__(self) -> None:
-        B.check_leaf(self, "peak")
-        B.check_int(self, "warmup")
-        B.check_int(self, "stable")
-        B.check_int(self, "decay")
-        B.check_leaf(self, "end")
-        B.check_choice(self, "shape", _WSD_SHAPES)
-        B.check_choice(self, "warmup_shape", _WSD_SHAPES)
-        B.check_leaf(self, "cycles", positive=True)
-
-    def _value(self, t: jax.Array) -> jax.Array:
-        peak, end = as_float(self.peak), as_float(self.end)
-        w, s, d = self.warmup, self.stable, self.decay
-        t = jnp.maximum(t, 0)
-        # Warmup factor, written in terms of the remaining fraction (w - t) / w.
-        left = jnp.clip(w - t, 0, max(w, 1))
-        wd = max(w, 1)
-        if self.warmup_shape == "linear":
-            up = div(wd - left, wd)
-        elif self.warmup_shape == "cosine":
-            up = cos_fraction(left, wd)
-        else:  # 1 - sqrt(1 - p) = p / (1 + sqrt(1 - p))
-            up = div(wd - left, wd) / (1 + safe_sqrt(div(left, wd)))
-        local = jnp.clip(t - w - s, 0, max(d, 1))
-        dd = max(d, 1)
-        if self.shape == "linear":
-            down = div(dd - local, dd)
-        elif self.shape == "cosine":
-            down = cos_fraction(local, dd, self.cycles)
-        else:  # 1 - sqrt(p) = (1 - p) / (1 + sqrt(p))
-            down = div(dd - local, dd) / (1 + safe_sqrt(div(local, dd)))
-        value = jnp.where(t < w, end + (peak - end) * up, peak)
-        value = jnp.where(t >= w + s, end + (peak - end) * down, value)
-        return jnp.where(t >= w + s + d, end, value)
 
 
 @schedule_type

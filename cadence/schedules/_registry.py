@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ._base import Schedule, is_concrete_number
-from ._combinators import join, restarts, warmup
-from ._primitives import constant, cosine, inverse_sqrt, linear, polynomial, wsd
+from ._combinators import join, restarts, shift, warmup
+from ._language_models import inverse_sqrt, wsd
+from ._primitives import constant, cosine, linear, polynomial
 
 __all__ = ["NAMES", "get"]
 
@@ -68,7 +69,11 @@ def _cosine_with_restarts(
 def _inverse_sqrt(
     peak: float, w: int, total: int | None, timescale: float | None = None
 ) -> Schedule:
-    return warmup(inverse_sqrt(peak, timescale or w or 10_000), w)
+    # transformers' default is `num_warmup_steps or 10_000`; an explicit
+    # timescale, 0 included, is the user's (and 0 is refused by inverse_sqrt).
+    if timescale is None:
+        timescale = w or 10_000
+    return warmup(inverse_sqrt(peak, timescale), w)
 
 
 def _cosine_with_min_lr(
@@ -84,6 +89,37 @@ def _cosine_with_min_lr(
     end = min_lr if min_lr is not None else peak * min_lr_rate
     steps = _need_total("cosine_with_min_lr", w, total)
     return warmup(cosine(peak, steps, end=end, cycles=num_cycles), w)
+
+
+def _cosine_warmup_with_min_lr(
+    peak: float,
+    w: int,
+    total: int | None,
+    num_cycles: float = 0.5,
+    min_lr: float | None = None,
+    min_lr_rate: float | None = None,
+    warmup_lr_rate: float | None = None,
+) -> Schedule:
+    # transformers' get_cosine_with_min_lr_schedule_with_warmup_lr_rate: the
+    # warmup reaches the peak at step w - 1 (from peak / w, or from
+    # peak * warmup_lr_rate) and the cosine's progress is (k - w + 1) / (T - w),
+    # i.e. the cosine is entered one step in at step w.
+    if (min_lr is None) == (min_lr_rate is None):
+        raise ValueError(
+            "get('cosine_warmup_with_min_lr'): give exactly one of min_lr, min_lr_rate"
+        )
+    end = min_lr if min_lr is not None else peak * min_lr_rate
+    if total is None:
+        raise ValueError("get('cosine_warmup_with_min_lr'): total_steps is required")
+    decay = cosine(peak, max(1, total - w), end=end, cycles=num_cycles)
+    start = peak / max(1, w) if warmup_lr_rate is None else peak * warmup_lr_rate
+    if w >= 2:
+        return join([linear(start, peak, w - 1), decay], [w - 1])
+    if w == 1 and warmup_lr_rate is None:
+        return decay  # the warmup's one step is the peak, the cosine's own step 0
+    if w == 1:
+        return join([constant(start), shift(decay, 1)], [1])
+    return shift(decay, 1)
 
 
 def _warmup_stable_decay(
@@ -124,7 +160,20 @@ _BUILDERS: dict[str, Callable[..., Schedule]] = {
     "cosine_with_restarts": _cosine_with_restarts,
     "inverse_sqrt": _inverse_sqrt,
     "cosine_with_min_lr": _cosine_with_min_lr,
+    "cosine_warmup_with_min_lr": _cosine_warmup_with_min_lr,
     "warmup_stable_decay": _warmup_stable_decay,
+}
+
+# transformers' names that depend on a metric, not on the step: no schedule.
+_METRIC_DRIVEN = {
+    "reduce_lr_on_plateau": (
+        "it lowers the lr when a metric stops improving; use the optimizer wrapper "
+        "O.reduce_on_plateau(opt, ...) and pass value=loss to update"
+    ),
+    "greedy": (
+        "transformers' GreedyLR moves the lr by the loss; cadence has no schedule for it: "
+        "the metric-driven wrapper is O.reduce_on_plateau(opt, ...), with value=loss in update"
+    ),
 }
 
 NAMES: tuple[str, ...] = tuple(_BUILDERS)
@@ -142,8 +191,11 @@ def get(
     The names and keyword arguments are transformers' (``get_scheduler`` and its
     ``scheduler_specific_kwargs``): ``num_cycles``, ``lr_end``, ``power``,
     ``timescale``, ``min_lr``, ``min_lr_rate``, ``num_decay_steps``,
-    ``num_stable_steps``, ``warmup_type``, ``decay_type``, ``min_lr_ratio``.
-    The result is an ordinary composed schedule (it prints as one).
+    ``num_stable_steps``, ``warmup_type``, ``decay_type``, ``min_lr_ratio``,
+    ``warmup_lr_rate``. The result is an ordinary composed schedule (it prints
+    as one). transformers' metric-driven names, ``reduce_lr_on_plateau`` and
+    ``greedy``, are not functions of the step: they raise a ValueError that
+    names the optimizer wrapper to use (``O.reduce_on_plateau``).
 
     Past ``total_steps`` cadence holds the final value; transformers' cosine
     schedules rise again there.
@@ -159,8 +211,8 @@ def get(
         The schedule.
 
     Raises:
-        ValueError: for an unknown name, a keyword the schedule does not take,
-            or invalid values.
+        ValueError: for an unknown or metric-driven name, a keyword the
+            schedule does not take, or invalid values.
 
     Example:
         >>> from cadence import schedules as S
@@ -168,6 +220,8 @@ def get(
         >>> s
         warmup(s=cosine(init=0.001, steps=90, end=0.0, cycles=0.5, k=1.0), steps=10, init=0.0)
     """
+    if name in _METRIC_DRIVEN:
+        raise ValueError(f"get({name!r}) is not a schedule: {_METRIC_DRIVEN[name]}")
     builder = _BUILDERS.get(name)
     if builder is None:
         raise ValueError(f"unknown schedule name {name!r}; known names: {', '.join(NAMES)}")

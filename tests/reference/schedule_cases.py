@@ -58,16 +58,25 @@ class Case:
 # --------------------------------------------------------------------------- runners
 
 
-def _run_torch(make: Callable[[Any, Any], Any], lr: float, n: int) -> list[float]:
-    """lr of update k = 0..n for the scheduler ``make(lr_scheduler_module, optimizer)``."""
+def _run_torch(make: Callable[[Any, Any], Any], lr: float, n: int, read: str = "lr") -> list[float]:
+    """Values of update k = 0..n for the scheduler ``make(lr_scheduler_module, optimizer)``.
+
+    `read` is what is read from the param group: ``"lr"`` (of an SGD),
+    ``"momentum"`` (of an SGD with momentum 0.9) or ``"beta1"`` (``betas[0]``
+    of an Adam), the last two for torch's momentum cycling.
+    """
     import torch
 
     param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=lr)
+    if read == "beta1":
+        optimizer = torch.optim.Adam([param], lr=lr)
+    else:
+        optimizer = torch.optim.SGD([param], lr=lr, momentum=0.9 if read == "momentum" else 0.0)
     scheduler = make(torch.optim.lr_scheduler, optimizer)
     values = []
     for _ in range(n + 1):
-        values.append(float(optimizer.param_groups[0]["lr"]))
+        group = optimizer.param_groups[0]
+        values.append(float(group["betas"][0] if read == "beta1" else group[read]))
         optimizer.step()
         scheduler.step()
     return values
@@ -179,9 +188,10 @@ def _torch(
     make: Callable[[Any, Any], Any],
     build: Callable[[], S.Schedule],
     boundaries: tuple[int, ...] = (),
+    read: str = "lr",
 ) -> Case:
     def reference() -> list[float]:
-        return _run_torch(make, lr, n)
+        return _run_torch(make, lr, n, read)
 
     return Case(f"torch-{label}", TORCH, build, reference, n, boundaries)
 
@@ -288,6 +298,22 @@ def _transformers_cases() -> list[Case]:
         T("cosine_with_min_lr", 0.1, 10, 100, 100, min_lr=1e-3),
         T("cosine_with_min_lr", 0.1, 0, 80, 80, min_lr_rate=0.1),
         T("cosine_with_min_lr", 3e-4, 10, 100, 100, min_lr_rate=0.05, num_cycles=0.75),
+        # Its decay is entered one step in and rises again at T: compare to T - 1.
+        T("cosine_warmup_with_min_lr", 0.1, 10, 100, 99, min_lr=1e-3),
+        T("cosine_warmup_with_min_lr", 0.1, 0, 80, 79, min_lr_rate=0.1),
+        T("cosine_warmup_with_min_lr", 0.1, 1, 50, 49, min_lr=1e-3),
+        T("cosine_warmup_with_min_lr", 0.1, 1, 60, 59, min_lr_rate=0.1, warmup_lr_rate=0.2),
+        T("cosine_warmup_with_min_lr", 0.1, 0, 60, 59, min_lr_rate=0.1, warmup_lr_rate=0.2),
+        T(
+            "cosine_warmup_with_min_lr",
+            3e-4,
+            8,
+            100,
+            99,
+            min_lr_rate=0.05,
+            num_cycles=0.75,
+            warmup_lr_rate=0.1,
+        ),
     ]
     # warmup_stable_decay: every warmup shape x decay shape; stable steps given
     # (no total) or derived from total - warmup - decay; min_lr_ratio 0 or not.
@@ -497,6 +523,9 @@ def _torch_cases() -> list[Case]:
             lambda: S.polynomial(1.0, 30, power=0.5),
         ),
         *_sequential_cases(),
+        *_chained_cases(),
+        *_edge_cases(),
+        *_momentum_cases(),
     ]
 
 
@@ -647,6 +676,184 @@ def _sequential_cases() -> list[Case]:
                 [8, 48],
             ),
             (8, 48),
+        ),
+    ]
+
+
+def _chained_cases() -> list[Case]:
+    """ChainedScheduler is the product of its members when none has a floor.
+
+    Each member multiplies the current lr by its own step-to-step factor; a
+    member with a floor (CosineAnnealingLR's eta_min > 0) adds instead, and
+    then the chain is not a product (README, "Coming from PyTorch").
+    """
+    lr = 0.1
+
+    def step_exp(L: Any, o: Any) -> Any:
+        return L.ChainedScheduler([L.StepLR(o, 10, 0.5), L.ExponentialLR(o, 0.99)])
+
+    def cosine_step(L: Any, o: Any) -> Any:
+        return L.ChainedScheduler([L.CosineAnnealingLR(o, 50), L.StepLR(o, 20, 0.5)])
+
+    def linear_multistep(L: Any, o: Any) -> Any:
+        warm = L.LinearLR(o, start_factor=0.1, total_iters=10)
+        return L.ChainedScheduler([warm, L.MultiStepLR(o, [20, 40], 0.1)])
+
+    return [
+        _torch(
+            "ChainedScheduler-StepLR10-ExponentialLR0.99",
+            lr,
+            60,
+            step_exp,
+            lambda: S.step_decay(lr, 10, 0.5) * S.exponential(1.0, 0.99),
+        ),
+        # Within T_max (CosineAnnealingLR's recursion is periodic past it).
+        _torch(
+            "ChainedScheduler-CosineAnnealingLR50-StepLR20",
+            lr,
+            49,
+            cosine_step,
+            lambda: S.cosine(lr, 50) * S.step_decay(1.0, 20, 0.5),
+        ),
+        _torch(
+            "ChainedScheduler-LinearLR10-MultiStepLR-20-40",
+            lr,
+            60,
+            linear_multistep,
+            lambda: S.linear(lr * 0.1, lr, 10) * S.multistep(1.0, (20, 40), 0.1),
+        ),
+    ]
+
+
+def _edge_cases() -> list[Case]:
+    """Configurations where float32 accuracy or torch's edge semantics are at stake."""
+    C = _torch
+    return [
+        # Rising ramps from a small start: `end + (init - end) * w` lost 2e-6
+        # (1.7e-5 at 0.001) of the start value to cancellation in float32.
+        C(
+            "LinearLR-0.01-to-1-iters100",
+            0.1,
+            110,
+            lambda L, o: L.LinearLR(o, start_factor=0.01, end_factor=1.0, total_iters=100),
+            lambda: S.linear(0.1 * 0.01, 0.1 * 1.0, 100),
+        ),
+        C(
+            "LinearLR-0.001-to-1-iters50",
+            0.1,
+            60,
+            lambda L, o: L.LinearLR(o, start_factor=0.001, end_factor=1.0, total_iters=50),
+            lambda: S.linear(0.1 * 0.001, 0.1 * 1.0, 50),
+        ),
+        # Cycles of length 81 ending at 119: a stretched step lost the small
+        # values near a cycle's end (5.2e-6 relative).
+        C(
+            "CosineAnnealingWarmRestarts-T3-mult3",
+            0.1,
+            150,
+            lambda L, o: L.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=3),
+            lambda: S.restarts(S.cosine(0.1, 3), 3, mult=3),
+        ),
+        # Phase ends 59.4 and 118.8: rounded in two places, the last value was
+        # 1.0001e-4 for 1e-4.
+        _one_cycle(
+            "linear-three_phase-total151-pct0.4-div5-final1e3",
+            0.5,
+            151,
+            pct_start=0.4,
+            anneal_strategy="linear",
+            div_factor=5.0,
+            final_div_factor=1e3,
+            three_phase=True,
+        ),
+        _one_cycle("cos-total151-pct0.4-div5-final1e3", 0.5, 151, pct_start=0.4, div_factor=5.0),
+        # torch keeps its milestones in a Counter: any order.
+        C(
+            "MultiStepLR-unsorted-30-10-10-gamma0.5",
+            0.1,
+            40,
+            lambda L, o: L.MultiStepLR(o, milestones=[30, 10, 10], gamma=0.5),
+            lambda: S.multistep(0.1, (30, 10, 10), 0.5),
+        ),
+        C(
+            "ConstantLR-factor0.25-iters8",
+            0.1,
+            20,
+            lambda L, o: L.ConstantLR(o, factor=0.25, total_iters=8),
+            lambda: S.piecewise((8,), (0.1 * 0.25, 0.1)),
+        ),
+        # total_iters=0: torch applies the factor at step 0 and never removes it.
+        C(
+            "ConstantLR-factor0.1-iters0",
+            0.1,
+            20,
+            lambda L, o: L.ConstantLR(o, factor=0.1, total_iters=0),
+            lambda: S.constant(0.1 * 0.1),
+        ),
+    ]
+
+
+def _one_cycle_momentum(label: str, read: str, total: int, **kw: Any) -> Case:
+    """OneCycleLR's cycled momentum (SGD) or beta1 (Adam) against `S.one_cycle_momentum`."""
+
+    def make(L: Any, o: Any) -> Any:
+        return L.OneCycleLR(o, max_lr=0.1, total_steps=total, **kw)
+
+    def build() -> S.Schedule:
+        return S.one_cycle(
+            0.1,
+            total,
+            pct_start=kw.get("pct_start", 0.3),
+            anneal=kw.get("anneal_strategy", "cos"),
+            three_phase=kw.get("three_phase", False),
+        ).momentum(kw.get("base_momentum", 0.85), kw.get("max_momentum", 0.95))
+
+    return _torch(f"OneCycleLR-{read}-{label}", 0.1, total - 1, make, build, read=read)
+
+
+def _cyclic_momentum(label: str, read: str, up: int, down: int | None, **kw: Any) -> Case:
+    """CyclicLR's cycled momentum (SGD) or beta1 (Adam) against `S.cyclic_momentum`."""
+
+    def make(L: Any, o: Any) -> Any:
+        return L.CyclicLR(o, 1e-3, 0.1, step_size_up=up, step_size_down=down, **kw)
+
+    def build() -> S.Schedule:
+        return S.cyclic(
+            1e-3, 0.1, up, down, mode=kw.get("mode", "triangular"), gamma=kw.get("gamma", 1.0)
+        ).momentum(kw.get("base_momentum", 0.8), kw.get("max_momentum", 0.9))
+
+    return _torch(f"CyclicLR-{read}-{label}", 1e-3, 100, make, build, read=read)
+
+
+def _momentum_cases() -> list[Case]:
+    """torch's cycle_momentum=True (its default), read from SGD's momentum or Adam's betas[0]."""
+    M, Y = _one_cycle_momentum, _cyclic_momentum
+    return [
+        M("cos-total100", "momentum", 100),
+        M("linear-total73-pct0.15", "momentum", 73, anneal_strategy="linear", pct_start=0.15),
+        M("cos-three_phase-total120", "momentum", 120, pct_start=0.25, three_phase=True),
+        M(
+            "linear-three_phase-total151-base0.8-max0.99",
+            "beta1",
+            151,
+            pct_start=0.4,
+            anneal_strategy="linear",
+            three_phase=True,
+            base_momentum=0.8,
+            max_momentum=0.99,
+        ),
+        M("cos-total57", "beta1", 57),
+        Y("triangular-up10-down15", "momentum", 10, 15),
+        Y("triangular2-up8-down12", "momentum", 8, 12, mode="triangular2"),
+        Y(
+            "exp_range-up6-down14-gamma0.99-base0.85-max0.95",
+            "beta1",
+            6,
+            14,
+            mode="exp_range",
+            gamma=0.99,
+            base_momentum=0.85,
+            max_momentum=0.95,
         ),
     ]
 

@@ -147,6 +147,7 @@ def test_registry_schedules_accept_a_traced_peak(name):
     kw = {
         "polynomial": {"lr_end": 0.0},
         "cosine_with_min_lr": {"min_lr_rate": 0.1},
+        "cosine_warmup_with_min_lr": {"min_lr_rate": 0.1, "warmup_lr_rate": 0.2},
         "warmup_stable_decay": {"num_decay_steps": 20},
     }.get(name, {})
 

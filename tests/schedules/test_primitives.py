@@ -191,3 +191,10 @@ def test_cyclic_modes():
     ]:
         expected = base + (peak - base) * scale * amp
         check(S.cyclic(base, peak, up, down, mode=mode, gamma=gamma), expected)
+
+
+def test_k_decay_gradient_is_finite_at_step_0() -> None:
+    # 1 - (t / T)**k is computed from log1p(-(T - t) / T), -inf at t = 0.
+    grads = [jax.grad(lambda k, t=t: S.cosine(1.0, 50, k=k)(t))(2.0) for t in (0, 25, 49)]
+    assert np.all(np.isfinite(grads))
+    assert grads[0] == 0.0
