@@ -36,12 +36,18 @@ def _runners(
         return _jax.runner(name, library, make(tx), tx.init, params_np, grads, dtype, donate)
 
     cadence = spec.cadence(None)
-    runners = [
-        jax_row("cadence.step", "cadence", cadence, make=_jax.make_native_step),
-        jax_row("cadence.flatten", "cadence", spec.flat(None), make=_jax.make_native_step),
-        jax_row("cadence", "cadence", cadence),
-    ]
+    runners = [jax_row("cadence.step", "cadence", cadence, make=_jax.make_native_step)]
     missing = []
+    if spec.flattenable:
+        runners.append(
+            jax_row("cadence.flatten", "cadence", spec.flat(None), make=_jax.make_native_step)
+        )
+    else:
+        note = f"O.flatten does not take {spec.name}"
+        missing.append(
+            {"variant": "cadence.flatten", "library": "cadence", "median_ms": None, "note": note}
+        )
+    runners.append(jax_row("cadence", "cadence", cadence))
     big = shape.n_leaves > BIG_TREE
     if spec.optax is None:
         note = f"optax has no {spec.name} with these numerics"

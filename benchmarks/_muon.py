@@ -91,7 +91,8 @@ def _variants() -> list[tuple[str, str, Any, str]]:
 
     def optimizer(tx: Any, make: Any) -> Any:
         def build(w: jax.Array, g: jax.Array) -> tuple[Any, Any, Any]:
-            params = {"w": w}
+            # A copy: the step is donated, and the other variants need `w`.
+            params = {"w": jnp.array(w, copy=True)}
             return make(tx), params, tx.init(params)
 
         return build

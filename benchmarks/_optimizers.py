@@ -38,6 +38,8 @@ class Spec:
         torch_clip: call ``clip_grad_norm_(params, MAX_NORM)`` before the step.
         torch_cosine: step a ``CosineAnnealingLR(T_max=SCHEDULE_STEPS)`` after it.
         fused: whether torch has ``fused=True`` for this class.
+        flattenable: whether `O.flatten` takes it (not a whole-leaf rule, not
+            a partition).
     """
 
     name: str
@@ -50,9 +52,16 @@ class Spec:
     torch_clip: bool = False
     torch_cosine: bool = False
     fused: bool = True
+    flattenable: bool = True
 
     def flat(self, state_dtype: Any) -> Any:
-        """The cadence transformation with its optimizer's buffers flattened (`O.flatten`)."""
+        """The cadence transformation with its optimizer's buffers flattened (`O.flatten`).
+
+        Raises:
+            TypeError: for a spec that `O.flatten` does not take.
+        """
+        if not self.flattenable:
+            raise TypeError(f"O.flatten does not take {self.name}")
         tx = self.cadence(state_dtype)
         if isinstance(tx, O.chain):
             *head, last = tx.txs
@@ -151,6 +160,35 @@ SPECS: dict[str, Spec] = {
 }
 
 
+def _muon_cadence(state_dtype: Any) -> Any:
+    # Muon takes 2-D leaves only: the standard recipe routes the rest to AdamW.
+    return O.partition(
+        {
+            "muon": O.muon(0.02, state_dtype=state_dtype),
+            "adamw": O.adamw(1e-3, weight_decay=1e-2, state_dtype=state_dtype),
+        },
+        O.rules(("muon", "**", 2), ("adamw",)),
+    )
+
+
+def _muon_optax() -> optax.GradientTransformation:
+    # optax.contrib.muon sends leaves that are not 2-D to its own AdamW.
+    return optax.contrib.muon(0.02, adam_weight_decay=1e-2)
+
+
+SPECS["muon"] = Spec(
+    "muon",
+    "muon (2-D) + adamw (rest)",
+    1,
+    0,
+    _muon_cadence,
+    _muon_optax,
+    None,
+    fused=False,
+    flattenable=False,
+)
+
+
 def _from_registry(name: str, cls: type) -> Spec:
     """A Spec for an optimizer without a hand-written counterpart: cadence at its defaults.
 
@@ -167,7 +205,9 @@ def _from_registry(name: str, cls: type) -> Spec:
     if cls.reference.startswith("torch.optim."):
         torch = (cls.reference.removeprefix("torch.optim."), {"lr": lr})
     buffers = len(build(None).buffers())
-    return Spec(name, name, buffers, 0, build, None, torch, fused=False)
+    return Spec(
+        name, name, buffers, 0, build, None, torch, fused=False, flattenable=cls.elementwise
+    )
 
 
 # Every optimizer in the registry is benchmarked: the ones above against their

@@ -105,6 +105,11 @@ def _examples(peak: float, total: int) -> dict[str, Any]:
         "noam": lambda **kw: S.noam(**{"d_model": 512, "warmup": q} | kw),
         "one_cycle": lambda **kw: S.one_cycle(**{"peak": peak, "steps": total} | kw),
         "cyclic": lambda **kw: S.cyclic(**{"base": peak / 10, "peak": peak, "up": q // 2} | kw),
+        # The momentum (or b1) torch cycles against those two lr schedules.
+        "one_cycle_momentum": lambda **kw: S.one_cycle_momentum(**{"steps": total} | kw),
+        "cyclic_momentum": lambda **kw: S.cyclic_momentum(
+            **{"base": 0.8, "peak": 0.9, "up": q // 2} | kw
+        ),
         "wsd": lambda **kw: S.wsd(
             **{"peak": peak, "warmup": q // 2, "stable": 2 * q, "decay": q} | kw
         ),
@@ -119,6 +124,7 @@ def _examples(peak: float, total: int) -> dict[str, Any]:
             | kw
         ),
         "warmup": lambda **kw: S.warmup(**{"s": S.cosine(peak, total - q), "steps": q} | kw),
+        "shift": lambda **kw: S.shift(**{"s": S.cosine(peak, total + q), "steps": q} | kw),
         "clip": lambda **kw: S.clip(**{"s": S.cyclic(0.0, 2 * peak, q), "hi": peak} | kw),
     }
 
@@ -133,8 +139,10 @@ def _schedule_from_arg(args: argparse.Namespace) -> S.Schedule:
         extra[key] = _parse_value(value, key)
     total = args.total if args.total is not None else args.steps
     if spec in S.NAMES:
-        # The two names transformers gives no default for get one for plotting.
-        if spec == "cosine_with_min_lr" and not {"min_lr", "min_lr_rate"} & set(extra):
+        # The names transformers gives no default for get one for plotting.
+        if spec in ("cosine_with_min_lr", "cosine_warmup_with_min_lr") and not (
+            {"min_lr", "min_lr_rate"} & set(extra)
+        ):
             extra["min_lr_rate"] = 0.1
         if spec == "warmup_stable_decay":
             extra.setdefault("num_decay_steps", max(1, (total - args.warmup) // 5))

@@ -30,6 +30,7 @@ def test_plot_every_registered_name(tmp_path, name, capsys):
         "polynomial": ["--kw", "lr_end=1e-6", "--kw", "power=2"],
         "cosine_with_min_lr": ["--kw", "min_lr_rate=0.1"],
         "warmup_stable_decay": ["--kw", "num_decay_steps=30"],
+        "cosine_warmup_with_min_lr": ["--kw", "min_lr_rate=0.1"],
     }.get(name, [])
     out = tmp_path / f"{name}.png"
     assert main(["plot", name, "--steps", "120", "--warmup", "10", "-o", str(out), *kw]) == 0
@@ -168,10 +169,8 @@ DEEP = (
         (["plot", "cosine", "--steps", "2**31"], "--steps: expected an integer, got '2**31'"),
         (["plot", "cosine", "--total", str(2**31)], "--total: must be between 1 and 2147483647"),
         (["plot", "cosine", "--warmup", "-1"], "--warmup: must be between 0 and"),
-        (["plot", "wsd", "--kw", "decay=1e30"], "cannot evaluate wsd("),
-        (["plot", "step_decay", "--kw", "every=1e30"], "cannot evaluate step_decay("),
         (["plot", "exponential", "--kw", "rate=1e30"], "is inf at step 2: nothing to plot"),
-        (["plot", "piecewise", "--kw", "values=[1e38, 1e39, 1]"], "is inf at step 250"),
+        (["plot", "piecewise", "--kw", "values=[1e38, 1e39, 1]"], "values must be finite"),
         (["plot", "cosine", "--peak", "inf"], "--peak: must be a finite number, got inf"),
         (["plot", "exponential", "--peak", "inf"], "--peak: must be a finite number"),
         (["plot", "cosine", "--peak", "nan"], "--peak: must be a finite number, got nan"),
@@ -191,3 +190,15 @@ def test_every_bad_argument_is_one_line_and_exit_2(tmp_path, monkeypatch, argv, 
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], captured.err[-2000:]
     assert not list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["wsd", "--kw", "decay=1e30"], ["step_decay", "--kw", "every=1e30"]],
+    ids=["wsd", "step_decay"],
+)
+def test_step_counts_past_int32_plot(tmp_path, argv):
+    # A count of any size is a valid schedule (token-counted runs pass 2**31).
+    out = tmp_path / "big.png"
+    assert main(["plot", *argv, "-o", str(out)]) == 0
+    _png(out)

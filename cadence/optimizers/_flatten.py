@@ -291,6 +291,9 @@ class flatten(Transformation):
             (Array([0.5], dtype=float32), Array([1., 1., 1.], dtype=float32))
         """
         del extra
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((grads, state, params))):
+            # Eagerly compiled, as `Optimizer.step` is: the same rounding as a jitted step.
+            return _compiled_step(self, grads, state, params)
         return self._step(grads, state, params, None)
 
     def _chunks(
@@ -400,3 +403,9 @@ class flatten(Transformation):
 
     def __repr__(self) -> str:
         return f"flatten({self.tx!r})"
+
+
+@jax.jit
+def _compiled_step(opt: flatten, grads: Any, state: Any, params: Any) -> tuple[Any, Any]:
+    """`flatten.step` of an eager call, compiled (one cached program per structure)."""
+    return opt._step(grads, state, params, None)
