@@ -19,7 +19,8 @@ from ._base import (
     field,
     transformation_type,
 )
-from ._optimizer import Optimizer, torch_lerp
+from ._leaf import torch_lerp
+from ._optimizer import Optimizer
 from ._optimizers import _decay
 
 __all__ = ["AdafactorState", "adafactor"]

@@ -33,13 +33,8 @@ import numpy as np
 
 from . import _native
 from ._base import CHILD, Transformation, check_tree, dtype_of, field, path_str, transformation_type
-from ._optimizer import (
-    Optimizer,
-    leaf_fits,
-    native_call,
-    native_kernel,
-    xla_leaf_step,
-)
+from ._leaf import leaf_fits, native_call, native_kernel, xla_leaf_step
+from ._optimizer import Optimizer
 
 __all__ = ["FlattenState", "flatten"]
 

@@ -24,7 +24,8 @@ from ._base import (
     path_str,
     transformation_type,
 )
-from ._optimizer import Optimizer, torch_lerp
+from ._leaf import torch_lerp
+from ._optimizer import Optimizer
 from ._optimizers import _decay
 
 __all__ = ["MuonState", "muon"]

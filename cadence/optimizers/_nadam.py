@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from ._base import BOOL, DTYPE, GROUPS, HYPER, NONNEG, UNIT, as_float, field, transformation_type
-from ._optimizer import Optimizer, lerp
+from ._leaf import lerp
+from ._optimizer import Optimizer
 from ._optimizers import _decay
 
 __all__ = ["NAdamState", "nadam"]

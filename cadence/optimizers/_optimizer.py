@@ -1,9 +1,12 @@
 """The machinery behind every torch.optim optimizer: groups, records, per-leaf kernels.
 
-A concrete optimizer declares its state type, the per-leaf buffers it keeps,
-a per-group scalar step (`scalars`: bias corrections and the like, computed
-once per group from the hyperparameters and the count) and a per-leaf kernel
-(`kernel`) that is an elementwise function of (param, grad, buffers, scalars).
+A concrete optimizer is a rule: the per-leaf buffers it keeps (any shape
+decided from the parameter's), scalar state shared by a group's leaves, a
+per-group scalar step (`scalars`: bias corrections and the like, computed
+once per group from the hyperparameters and the count) and a per-leaf
+`kernel` of (param, grad, buffers, scalars), elementwise or whole-leaf.
+`optimizer_type`, `hyper` and `flag` are the public building blocks, and
+`optimizers()` the registry.
 
 Every leaf keeps its own arrays, and XLA fuses each leaf's kernel into loops
 over that leaf alone. Leaves are not concatenated into one vector: splitting
@@ -15,21 +18,19 @@ nested `jit`, so leaves of one shape and dtype share a single trace.
 `step` (update and apply in one call) replaces those loops on CPU by one
 native loop per leaf, which reads and writes every array once, in place:
 XLA's CPU backend writes each output of a leaf in a loop of its own. The loop
-is generated from `kernel` itself (`_codegen`) and run through `_native`.
+is generated from `kernel` itself (`_leaf`, `_codegen`, `_native`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from . import _native
 from ._base import (
     ANY,
     BOOL,
@@ -40,7 +41,6 @@ from ._base import (
     Transformation,
     as_float,
     check_tree,
-    compute_dtype,
     dtype_of,
     field,
     hyper_fields,
@@ -51,178 +51,12 @@ from ._base import (
     transformation_type,
     zero_count,
 )
-from ._codegen import Kernel, generate
 from ._groups import Groups, assign, group_values, record
+from ._leaf import leaf_step, leaf_update
 
 __all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
 
 _O = TypeVar("_O", bound=type)
-
-
-def lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
-    """torch's ``a.lerp_(b, w)`` for ``w < 0.5`` (its other formula differs only in rounding)."""
-    return a + w * (b - a)
-
-
-def torch_lerp(a: jax.Array, b: jax.Array, w: jax.Array) -> jax.Array:
-    """torch's ``a.lerp(b, w)`` for any weight: it switches formulas at ``|w| = 0.5``.
-
-    The second form makes ``w = 1`` give exactly `b` (Adafactor's first
-    update, Muon's Nesterov blend with momentum 0.95).
-    """
-    return jnp.where(jnp.abs(w) < 0.5, a + w * (b - a), b - (b - a) * (1 - w))
-
-
-def _leaf_update(
-    opt: Optimizer,
-    p: jax.Array | None,
-    g: jax.Array,
-    bufs: dict[str, jax.Array],
-    s: dict[str, Any],
-    out_dtype: jnp.dtype,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One leaf: the kernel in the compute dtype, results in the stored dtypes."""
-    dtype = compute_dtype(g.dtype)
-    stored = {n: b.dtype for n, b in bufs.items()}
-
-    def keep(name: str, x: jax.Array) -> jax.Array:
-        # A buffer stored narrower than the math (bfloat16 moments) is used
-        # as stored, as torch uses its bfloat16 ``exp_avg``: the parameter
-        # loop then reads the new buffer instead of recomputing it from the
-        # old one, which the buffer's own loop overwrites in place.
-        return x.astype(stored[name]).astype(dtype) if stored[name] != dtype else x
-
-    pk = p.astype(dtype) if p is not None else None
-    # The arrays arrive in the compute dtype; a rule that depends on the
-    # parameter's own dtype (Adafactor's eps1=None: its machine epsilon) reads it here.
-    s = {**s, "param_dtype": jnp.dtype(out_dtype)}
-    u, new = opt.kernel(pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep)
-    return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
-
-
-def xla_leaf_step(
-    opt: Optimizer,
-    p: jax.Array,
-    g: jax.Array,
-    bufs: dict[str, jax.Array],
-    s: dict[str, Any],
-    decay: bool,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One leaf's new parameter and buffers as XLA computes them: `_leaf_update` and the sum."""
-    if "grad_scale" in s:
-        # clip_by_global_norm's own arithmetic, which XLA fuses into the loops.
-        g = (g.astype(compute_dtype(g.dtype)) * s["grad_scale"]).astype(g.dtype)
-    u, new = _leaf_update(opt, p if decay else None, g, bufs, s, p.dtype)
-    # optax.apply_updates, leaf by leaf.
-    return jnp.asarray(p + u).astype(p.dtype), new
-
-
-def native_kernel(
-    opt: Optimizer,
-    bufs: Sequence[str],
-    s: dict[str, Any],
-    decay: bool,
-    dtype: Any,
-    state_dtypes: Sequence[Any],
-) -> Kernel | None:
-    """The single-pass kernel for a leaf of `dtype` with buffers `bufs`, or None.
-
-    Generated from the optimizer's own `kernel` (`_codegen`), once per
-    configuration and process; None for an optimizer that is not
-    elementwise or whose arithmetic has no exact C++ translation.
-    """
-    if not opt.elementwise:
-        return None
-    scalars = tuple((n, jnp.dtype(jnp.result_type(x))) for n, x in s.items() if jnp.shape(x) == ())
-    key = (
-        type(opt),
-        jax.tree.structure(opt),
-        tuple(bufs),
-        decay,
-        jnp.dtype(dtype),
-        tuple(jnp.dtype(d) for d in state_dtypes),
-        scalars,
-    )
-    if key not in _KERNELS:
-        step = functools.partial(xla_leaf_step, opt, decay=decay)
-        kernel = generate(step, dtype, list(zip(bufs, state_dtypes, strict=True)), dict(scalars))
-        if kernel is not None:
-            _native.register(kernel.target, kernel.symbol, kernel.source)
-        _KERNELS[key] = kernel
-    return _KERNELS[key]
-
-
-# Generated kernels by optimizer configuration (see `native_kernel`).
-_KERNELS: dict[tuple[Any, ...], Kernel | None] = {}
-
-
-def native_call(
-    kernel: Kernel,
-    ps: Sequence[jax.Array],
-    gs: Sequence[jax.Array],
-    bufs: Sequence[jax.Array],
-    s: dict[str, Any],
-    offsets: Sequence[int],
-) -> tuple[list[jax.Array], list[jax.Array]]:
-    """The kernel on leaves `ps` whose buffers start at `offsets` in `bufs`: new params, buffers.
-
-    Every parameter and buffer is updated in place (aliased to its input).
-    """
-    n, k = len(ps), len(kernel.scalars)
-    outs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*ps, *bufs)]
-    # Inputs: scalars, params, grads, buffers.
-    aliases = {k + i: i for i in range(n)} | {k + 2 * n + b: n + b for b in range(len(bufs))}
-    call = jax.ffi.ffi_call(
-        kernel.target, outs, input_output_aliases=aliases, vmap_method="sequential"
-    )
-    scalars = [s[name] for name in kernel.scalars]
-    out = call(*scalars, *ps, *gs, *bufs, offsets=np.asarray(offsets, np.int64))
-    return list(out[:n]), list(out[n:])
-
-
-def _leaf_step(
-    opt: Optimizer,
-    p: jax.Array,
-    g: jax.Array,
-    bufs: dict[str, jax.Array],
-    s: dict[str, Any],
-    decay: bool,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One leaf's new parameter and buffers: `xla_leaf_step`, or one native loop."""
-    xla = functools.partial(xla_leaf_step, opt, decay=decay)
-    # The kernels take the buffers in the state's field order (a dict that
-    # went through jit comes back with sorted keys).
-    order = tuple(n for n in opt._buffer_names() if n in bufs)
-    if not order or not leaf_fits(p, g, bufs):
-        # Without buffers XLA's one loop over (param, grad) is a single pass.
-        return xla(p, g, bufs, s)
-    kernel = native_kernel(opt, order, s, decay, p.dtype, [bufs[n].dtype for n in order])
-    if kernel is None:
-        return xla(p, g, bufs, s)
-
-    def run(p, g, bufs, s):
-        (p,), new = native_call(kernel, [p], [g], [bufs[n] for n in order], s, [0])
-        return p, dict(zip(order, new, strict=True))
-
-    return _native.on_cpu(run, xla)(p, g, bufs, s)
-
-
-def leaf_fits(p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array]) -> bool:
-    """Whether a native kernel can take this leaf's arrays.
-
-    The kernels take float32 and float64 parameters with buffers of their
-    shape in float32, float64 or bfloat16. bfloat16 parameters stay with XLA:
-    where the CPU converts bfloat16 in hardware, XLA's loops were the faster.
-    Whether the program runs on one CPU device is decided where it is
-    lowered (`_native.on_cpu`).
-    """
-    dtype = p.dtype
-    if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or g.shape != p.shape:
-        return False
-    state = {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64), jnp.dtype(jnp.bfloat16)}
-    if any(b.dtype not in state or b.shape != p.shape for b in bufs.values()):
-        return False
-    return _native.available()
 
 
 class Optimizer(Transformation):
@@ -407,7 +241,7 @@ class Optimizer(Transformation):
             p = jnp.asarray(p) if (p is not None and run.decays[i]) else None
             return p, g, run.scalars[i], out_dtype
 
-        deltas, new = run.each(functools.partial(_leaf_update, self), args)
+        deltas, new = run.each(functools.partial(leaf_update, self), args)
         return deltas, run.finish(state, new)
 
     def step(self, grads: Any, state: Any, params: Any, **extra: Any) -> tuple[Any, Any]:
@@ -463,7 +297,7 @@ class Optimizer(Transformation):
         def args(g: Any, p: Any, i: int) -> tuple[Any, ...]:
             return jnp.asarray(p), jnp.asarray(g), scalars[i], run.decays[i]
 
-        params, new = run.each(functools.partial(_leaf_step, self), args)
+        params, new = run.each(functools.partial(leaf_step, self), args)
         return params, run.finish(state, new)
 
     def _prepare(self, owner: str, grads: Any, state: Any, params: Any) -> _Run:

@@ -25,7 +25,8 @@ from ._base import (
     is_zero,
     transformation_type,
 )
-from ._optimizer import Optimizer, lerp
+from ._leaf import lerp
+from ._optimizer import Optimizer
 
 __all__ = [
     "AdagradState",
