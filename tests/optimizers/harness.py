@@ -36,16 +36,16 @@ def lsq_loss(params, xa, xb, y):
     return jnp.sum((pred - y) ** 2) / (2 * C.SAMPLES)
 
 
-def simulate(opt, init, grads, xa, xb, y, closed_loop, method="update"):
-    """Parameters after every update: the gradient is ``closed_loop * lsq + grads[k]``.
+def trajectory(opt, init, grads, loss, data, closed_loop, method="update"):
+    """Parameters after every update: the gradient is ``closed_loop * grad(loss) + grads[k]``.
 
-    `method` "update" applies ``opt.update`` and ``optax.apply_updates``; "step"
-    calls ``opt.step``.
+    ``loss(params, *data)`` is the closed-loop problem. `method` "update"
+    applies ``opt.update`` and ``optax.apply_updates``; "step" calls ``opt.step``.
     """
 
     def step(carry, g):
         params, state = carry
-        lsq = jax.grad(lsq_loss)(params, xa, xb, y)
+        lsq = jax.grad(loss)(params, *data)
         g = jax.tree.map(lambda a, b: closed_loop * a + b, lsq, g)
         if method == "step":
             params, state = opt.step(g, state, params)
@@ -54,8 +54,13 @@ def simulate(opt, init, grads, xa, xb, y, closed_loop, method="update"):
             params = optax.apply_updates(params, updates)
         return (params, state), params
 
-    _, trajectory = jax.lax.scan(step, (init, opt.init(init)), grads)
-    return trajectory
+    _, out = jax.lax.scan(step, (init, opt.init(init)), grads)
+    return out
+
+
+def simulate(opt, init, grads, xa, xb, y, closed_loop, method="update"):
+    """`trajectory` on this table's least-squares problem."""
+    return trajectory(opt, init, grads, lsq_loss, (xa, xb, y), closed_loop, method)
 
 
 @functools.partial(jax.jit, static_argnames="method")

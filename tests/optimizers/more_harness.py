@@ -11,22 +11,9 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from tests.optimizers.harness import nest, trajectory, unnest
 from tests.reference import more_optimizer_cases as C
-
-
-def nest(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """``{"encoder/w": x}`` -> ``{"encoder": {"w": x}}`` (so group patterns see paths)."""
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for name, value in flat.items():
-        outer, inner = name.split("/")
-        out.setdefault(outer, {})[inner] = value
-    return out
-
-
-def unnest(params: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {f"{o}/{i}": v for o, d in params.items() for i, v in d.items()}
 
 
 def loss(params, xa, xb, z, y):
@@ -34,27 +21,12 @@ def loss(params, xa, xb, z, y):
     return jnp.sum((pred - y) ** 2) / (2 * C.SAMPLES)
 
 
-def simulate(opt, init, grads, data, closed_loop, method):
-    """Parameters after every update: the gradient is ``closed_loop * lsq + grads[k]``."""
-
-    def step(carry, g):
-        params, state = carry
-        lsq = jax.grad(loss)(params, *data)
-        g = jax.tree.map(lambda a, b: closed_loop * a + b, lsq, g)
-        if method == "step":
-            params, state = opt.step(g, state, params)
-        else:
-            updates, state = opt.update(g, state, params)
-            params = optax.apply_updates(params, updates)
-        return (params, state), params
-
-    _, trajectory = jax.lax.scan(step, (init, opt.init(init)), grads)
-    return trajectory
-
-
 @functools.partial(jax.jit, static_argnames="method")
 def _simulate_all(opts, init, grads, data, closed_loop, method):
-    return {name: simulate(o, init, grads, data, closed_loop, method) for name, o in opts.items()}
+    return {
+        name: trajectory(o, init, grads, loss, data, closed_loop, method)
+        for name, o in opts.items()
+    }
 
 
 @functools.cache
