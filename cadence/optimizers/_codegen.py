@@ -69,7 +69,6 @@ class _Unsupported(Exception):
 @dataclasses.dataclass(frozen=True)
 class _Eqn:
     prim: str
-    params: dict[str, Any]
     ins: tuple[Any, ...]  # variable ids (int) or literals (_Lit)
     out: int
     dtype: str
@@ -204,7 +203,7 @@ class _Program:
             if name in _BINARY and dtype == "bfloat16":
                 raise _Unsupported("bfloat16 arithmetic")
             env[out] = self._new()
-            self.eqns.append(_Eqn(name, dict(eqn.params), tuple(ins), env[out], dtype))
+            self.eqns.append(_Eqn(name, tuple(ins), env[out], dtype))
         return [v if isinstance(v, jex.Literal) else env[v] for v in jaxpr.outvars]
 
     # ------------------------------------------------------------------ C++
