@@ -148,8 +148,7 @@ class _Program:
             prog.inputs.append((env[v], _dtype(v.aval)))
         for v, c in zip(closed.jaxpr.constvars, closed.consts, strict=True):
             env[v] = _literal(c, v.aval)
-        outs = prog._inline(closed.jaxpr, env)
-        prog.outputs = [x if isinstance(x, (int, _Lit)) else prog._read(env, x) for x in outs]
+        prog.outputs = prog._inline(closed.jaxpr, env)
         return prog
 
     def _read(self, env: dict[Any, Any], v: Any) -> Any:
@@ -158,6 +157,7 @@ class _Program:
         return env[v]
 
     def _inline(self, jaxpr: Any, env: dict[Any, Any]) -> list[Any]:
+        """Append `jaxpr`'s operations (calls inlined); its outputs as ids or literals."""
         for eqn in jaxpr.eqns:
             name = eqn.primitive.name
             ins = [self._read(env, v) for v in eqn.invars]
@@ -169,9 +169,7 @@ class _Program:
                     v: _literal(c, v.aval) for v, c in zip(sub.constvars, consts, strict=True)
                 }
                 sub_env |= dict(zip(sub.invars, ins, strict=True))
-                outs = self._inline(sub, sub_env)
-                for v, x in zip(eqn.outvars, outs, strict=True):
-                    env[v] = self._read(sub_env, x) if not isinstance(x, (int, _Lit)) else x
+                env.update(zip(eqn.outvars, self._inline(sub, sub_env), strict=True))
                 continue
             (out,) = eqn.outvars
             dtype = _dtype(out.aval)
@@ -204,7 +202,7 @@ class _Program:
                 raise _Unsupported("bfloat16 arithmetic")
             env[out] = self._new()
             self.eqns.append(_Eqn(name, tuple(ins), env[out], dtype))
-        return [v if isinstance(v, jex.Literal) else env[v] for v in jaxpr.outvars]
+        return [self._read(env, v) for v in jaxpr.outvars]
 
     # ------------------------------------------------------------------ C++
 
