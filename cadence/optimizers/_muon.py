@@ -21,7 +21,6 @@ from ._base import (
     check_choice,
     check_int,
     field,
-    path_str,
     transformation_type,
 )
 from ._leaf import torch_lerp
@@ -198,13 +197,13 @@ class muon(Optimizer):
     def buffers(self) -> tuple[str, ...]:
         return ("momentum_buffer",)
 
-    def init(self, params: Any) -> Any:
-        _check_matrices("muon.init", params)
-        return super().init(params)
-
-    def _prepare(self, owner: str, grads: Any, state: Any, params: Any) -> Any:
-        _check_matrices(owner, grads)
-        return super()._prepare(owner, grads, state, params)
+    def check_leaf(self, owner: str, path: str, leaf: Any) -> None:
+        if np.ndim(leaf) != 2:
+            raise ValueError(
+                f"{owner}: the leaf at {path!r} has shape {np.shape(leaf)}; muon "
+                "takes 2-D matrices only: use O.partition to send other leaves to another "
+                "optimizer, e.g. adamw"
+            )
 
     def scalars(self, hp, count):
         return hp | {"1-momentum": 1 - hp["momentum"], "1-lr*wd": 1 - hp["lr"] * hp["weight_decay"]}
@@ -220,13 +219,3 @@ class muon(Optimizer):
         if p is not None:
             update = update + _decay(p, s)
         return update, {"momentum_buffer": buf}
-
-
-def _check_matrices(owner: str, tree: Any) -> None:
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if np.ndim(leaf) != 2:
-            raise ValueError(
-                f"{owner}: the leaf at {path_str(path)!r} has shape {np.shape(leaf)}; muon "
-                "takes 2-D matrices only: use O.partition to send other leaves to another "
-                "optimizer, e.g. adamw"
-            )

@@ -129,6 +129,14 @@ class Optimizer(Transformation):
         """
         return hp
 
+    def check_leaf(self, owner: str, path: str, leaf: Any) -> None:
+        """Refuse a leaf this rule cannot take (Muon: one that is not 2-D), naming its path.
+
+        Called by `init` on each parameter and by `update`/`step` on each
+        gradient; `owner` names the call (``"muon.init"``).
+        """
+        del owner, path, leaf
+
     def init_shared(self, hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """The initial value of each `shared` scalar for a group with hyperparameters `hp`."""
         del hp
@@ -208,6 +216,7 @@ class Optimizer(Transformation):
                     "optimizers need floating-point parameters (equinox: filter the model "
                     "with eqx.is_inexact_array, not eqx.is_array)"
                 )
+            self.check_leaf(f"{owner}.init", path_str(path), p)
         leaves = [p for _, p in leaves_with_paths]
         index = assign(owner, self.groups, params, warn=True)
         count = zero_count()
@@ -302,6 +311,9 @@ class Optimizer(Transformation):
 
     def _prepare(self, owner: str, grads: Any, state: Any, params: Any) -> _Run:
         """Validate the call and evaluate what every leaf's update needs."""
+        if type(self).check_leaf is not Optimizer.check_leaf:
+            for path, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+                self.check_leaf(owner, path_str(path), g)
         if not isinstance(state, self.State):
             raise TypeError(
                 f"{owner}: expected a {self.State.__name__}, got {type(state).__name__}"
