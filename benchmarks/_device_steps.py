@@ -50,18 +50,7 @@ def jax_runner(
     info |= _jax.analyse(compiled, n_params)
     info["kernels"] = _kernels.count(compiled.as_text())
     info["arrays_in"] = len(jax.tree.leaves((params, state, grads)))
-    box = [params, state]
-    del params, state
-
-    def step() -> None:
-        # The compile above filled jit's cache: this call does not recompile.
-        box[0], box[1] = jitted(box[0], box[1], grads)
-
-    def sync() -> None:
-        # Every output of one XLA execution becomes ready at once.
-        jax.tree.leaves(box[0])[0].block_until_ready()
-
-    return Runner(name, library, step, sync, info)
+    return _jax.compiled_runner(name, library, jitted, params, state, grads, info)
 
 
 def _jax_rows() -> list[tuple[str, str, Any, Callable]]:

@@ -111,11 +111,18 @@ def runner(
         # input has no output to alias: it then costs a fresh allocation.
         "donation_warnings": sum("donated" in str(w.message) for w in caught),
     }
+    return compiled_runner(name, library, jitted, params, state, grads, info)
+
+
+def compiled_runner(
+    name: str, library: str, jitted: Any, params: Any, state: Any, grads: Any, info: dict
+) -> Runner:
+    """A `Runner` stepping `jitted` (compiled already) on params and state it carries along."""
     box = [params, state]
     del params, state
 
     def step() -> None:
-        # The AOT compile above filled jit's cache: this call does not recompile.
+        # The compile before this filled jit's cache: this call does not recompile.
         box[0], box[1] = jitted(box[0], box[1], grads)
 
     def sync() -> None:
