@@ -35,6 +35,7 @@ from . import _native
 from ._base import CHILD, Transformation, check_tree, dtype_of, field, path_str, transformation_type
 from ._leaf import leaf_fits, native_call, native_kernel, xla_leaf_step
 from ._optimizer import Optimizer
+from ._trees import is_traced
 
 __all__ = ["FlattenState", "flatten"]
 
@@ -286,7 +287,7 @@ class flatten(Transformation):
             (Array([0.5], dtype=float32), Array([1., 1., 1.], dtype=float32))
         """
         del extra
-        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((grads, state, params))):
+        if not is_traced((grads, state, params)):
             # Eagerly compiled, as `Optimizer.step` is: the same rounding as a jitted step.
             return _compiled_step(self, grads, state, params)
         return self._step(grads, state, params, None)

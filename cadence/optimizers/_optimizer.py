@@ -53,6 +53,7 @@ from ._base import (
 )
 from ._groups import Groups, assign, group_values, record
 from ._leaf import leaf_step, leaf_update
+from ._trees import is_traced
 
 __all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
 
@@ -288,7 +289,7 @@ class Optimizer(Transformation):
             Array([ 0.899, -0.899], dtype=float32)
         """
         del extra
-        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((grads, state, params))):
+        if not is_traced((grads, state, params)):
             # Called eagerly: compiled all the same, so that the per-group
             # scalars round as in a jitted step (XLA fuses their arithmetic;
             # op by op it rounds each operation), and the step costs one call.
@@ -356,7 +357,7 @@ class Optimizer(Transformation):
             shared={n: tuple(sh[n] for sh in shared) for n in self.shared},
             decays=self._decays(),
             treedef=treedef,
-            traced=any(isinstance(x, jax.core.Tracer) for x in gleaves),
+            traced=is_traced(gleaves),
             groups=self.groups,
         )
 

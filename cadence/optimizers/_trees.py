@@ -10,7 +10,7 @@ from typing import Any, final
 
 import jax
 
-__all__ = ["Leaves", "path_str"]
+__all__ = ["Leaves", "is_traced", "path_str"]
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -50,3 +50,8 @@ def _leaves_flatten(x: Leaves) -> tuple[list[tuple[Any, Any]], tuple[str, ...]]:
 jax.tree_util.register_pytree_with_keys(
     Leaves, _leaves_flatten, lambda keys, values: Leaves(zip(keys, values, strict=True))
 )
+
+
+def is_traced(tree: Any) -> bool:
+    """Whether any leaf of `tree` is a tracer (the call runs under `jit`, `vmap`, ...)."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
