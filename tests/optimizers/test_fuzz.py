@@ -24,7 +24,9 @@ from cadence.optimizers._groups import Groups
 
 from .examples import EVERYTHING
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # Values a user might pass by mistake, of every kind.
 odd_objects = st.sampled_from(
