@@ -23,16 +23,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import sys
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cadence import schedules as S
+
+from .timm_sources import load_timm
 
 GOLDEN = "schedules.json"
 
@@ -82,35 +81,13 @@ def _run_torch(make: Callable[[Any, Any], Any], lr: float, n: int, read: str = "
     return values
 
 
-_TIMM_PACKAGE = "_timm_scheduler"
-
-
 def load_timm_cosine() -> type:
-    """timm's CosineLRScheduler, loaded without importing the timm package.
-
-    ``import timm`` imports torchvision, which is not installable beside the CPU
-    torch used here. ``timm/scheduler/{scheduler,cosine_lr}.py`` import only
-    the standard library, numpy and torch, so they are loaded as submodules of
-    a synthetic package whose ``__path__`` is timm's scheduler folder.
+    """timm's CosineLRScheduler (see `timm_sources`).
 
     Raises:
         ImportError: timm or torch is not installed.
     """
-    name = f"{_TIMM_PACKAGE}.cosine_lr"
-    if name not in sys.modules:
-        # find_spec of a top-level package locates it without executing it.
-        spec = importlib.util.find_spec("timm")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("timm is not installed")
-        folder = Path(next(iter(spec.submodule_search_locations))) / "scheduler"
-        if not (folder / "cosine_lr.py").is_file():
-            raise ImportError(f"no timm scheduler sources in {folder}")
-        if _TIMM_PACKAGE not in sys.modules:
-            package = types.ModuleType(_TIMM_PACKAGE)
-            package.__path__ = [str(folder)]
-            sys.modules[_TIMM_PACKAGE] = package
-        importlib.import_module(name)
-    return sys.modules[name].CosineLRScheduler
+    return load_timm("scheduler", "cosine_lr").CosineLRScheduler
 
 
 def _run_timm(lr: float, n: int, **kw: Any) -> list[float]:
