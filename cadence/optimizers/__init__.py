@@ -37,6 +37,9 @@ from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
 from ._partition import partition as partition
 from ._partition import rules as rules
+from ._precision import loss_scale as loss_scale
+from ._precision import master_weights as master_weights
+from ._precision import scale_loss as scale_loss
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain
 from ._transforms import clip_by_global_norm as clip_by_global_norm

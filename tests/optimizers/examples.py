@@ -58,6 +58,8 @@ TRANSFORMS: dict[str, O.Transformation] = {
         {"matrices": O.sgd(0.1, momentum=0.9), "rest": O.adam(0.01, weight_decay=0.01)},
         O.rules(("matrices", "**", 2), ("rest",)),
     ),
+    "master_weights": O.master_weights(O.adamw(0.01, weight_decay=0.1)),
+    "loss_scale": O.loss_scale(O.adam(0.01), init_scale=4.0, growth_interval=2),
 }
 
 EVERYTHING = OPTIMIZERS | TRANSFORMS
