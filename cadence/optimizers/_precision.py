@@ -287,9 +287,11 @@ class loss_scale(Transformation):
     def _validate(self) -> None:
         check_int(self, "growth_interval", minimum=1)
         scale = self.init_scale
-        if isinstance(scale, float) and not 0 < np.float32(scale) < np.inf:
+        f32 = np.finfo(np.float32)
+        if isinstance(scale, float) and not float(f32.tiny) <= scale <= float(f32.max):
             raise ValueError(
-                f"loss_scale: init_scale must be > 0 and finite in float32, got {scale!r}"
+                f"loss_scale: init_scale must be > 0 and finite in float32 (the scale's "
+                f"dtype): between {f32.tiny} and {f32.max}, got {scale!r}"
             )
         growth = self.growth_factor
         if isinstance(growth, float) and not growth > 1:
