@@ -273,3 +273,18 @@ def test_master_copy_is_sharded_like_its_parameter():
     assert result.returncode == 0, result.stderr[-3000:]
     for kind, out in json.loads(result.stdout.splitlines()[-1]).items():
         assert all(out.values()), (kind, out)
+
+
+def test_demo_options_build_the_mixed_precision_run(monkeypatch):
+    from cadence import __main__ as cli
+    from cadence import _demo
+
+    seen = {}
+    monkeypatch.setattr(_demo, "run", lambda *args, **kwargs: seen.update(kwargs) or 1.0)
+    assert cli.main(["demo", "--no-plot", "--dtype", "float16", "--master-weights"]) == 0
+    assert seen == {"dtype": "float16", "master_weights": True, "loss_scale": False}
+    assert cli.main(["demo", "--no-plot"]) == 0  # `make demo`: float32, no wrappers
+    assert seen == {"dtype": "float32", "master_weights": False, "loss_scale": False}
+    opt = _demo.make_optimizer(20, master_weights=True, loss_scale=True)
+    assert isinstance(opt, O.loss_scale) and isinstance(opt.tx, O.master_weights)
+    assert opt.tx.tx == _demo.make_optimizer(20)
