@@ -288,3 +288,23 @@ def test_demo_options_build_the_mixed_precision_run(monkeypatch):
     opt = _demo.make_optimizer(20, master_weights=True, loss_scale=True)
     assert isinstance(opt, O.loss_scale) and isinstance(opt.tx, O.master_weights)
     assert opt.tx.tx == _demo.make_optimizer(20)
+
+
+def test_inside_partition_and_chain():
+    # master_weights inside a partition's label, and last in a chain: the
+    # copies are those of the float32 run of the same partition or chain.
+    rules = O.rules(("matrices", "**", 2), ("rest",))
+    plain = O.partition({"matrices": O.sgd(0.1, momentum=0.9), "rest": O.adam(0.01)}, rules)
+    wrapped = O.partition(
+        {"matrices": O.master_weights(O.sgd(0.1, momentum=0.9)), "rest": O.adam(0.01)}, rules
+    )
+    low = params(jnp.bfloat16)
+    ours, state = run(wrapped, low, method="step", jit=True)
+    p32, _ = run(plain, upcast(low), method="step", dtype=jnp.bfloat16, jit=True)
+    master = state.inner["matrices"].master
+    assert sorted(master) == ["encoder/w", "head/w"]
+    same(master["head/w"], p32["head"]["w"])
+    same(ours["encoder"]["w"], p32["encoder"]["w"].astype(jnp.bfloat16))
+    chained, _ = run(O.chain(optax.scale(1.0), O.master_weights(O.adam(0.01))), low, jit=True)
+    alone, _ = run(O.master_weights(O.adam(0.01)), low, jit=True)
+    same(chained, alone)
