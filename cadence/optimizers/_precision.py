@@ -65,9 +65,9 @@ class master_weights(Transformation):
     parameter's dtype) turns exactly into the rounded master copy whenever
     that difference is exact in float32: always, unless a parameter shrinks
     in one step by more than 2**15 (bfloat16) or 2**12 (float16) times,
-    e.g. crossing zero onto a much smaller value; then it lands within a
-    float32 rounding of the old magnitude, and the next update, computed
-    from the master copy, brings it back. The master copy is unaffected.
+    e.g. crossing zero onto a much smaller value; there it may land off by
+    up to a float32 rounding of the old magnitude, which the next update,
+    computed from the master copy, corrects. The master copy is unaffected.
 
     Put it inside `loss_scale` and outside `accumulate` (whose sum is then
     float32 too): ``loss_scale(master_weights(accumulate(adamw(...), 4)))``.
@@ -204,9 +204,7 @@ def _substitute(params: Any, master: Leaves) -> Any:
         return params
     leaves, treedef = jax.tree.flatten(params)
     paths = leaf_paths(params)
-    return treedef.unflatten(
-        [master.get(k, p) for k, p in zip(paths, leaves, strict=True)]  # type: ignore[arg-type]
-    )
+    return treedef.unflatten([master.get(k, p) for k, p in zip(paths, leaves, strict=True)])
 
 
 class LossScaleState(NamedTuple):

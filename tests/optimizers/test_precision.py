@@ -139,16 +139,17 @@ def test_float32_parameters_add_no_state_and_change_nothing():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
 def test_apply_updates_lands_exactly_on_the_rounded_master_copy(dtype):
     # SGD with lr 1 moves the master copy to any target: m - g. The targets
-    # span six orders of magnitude either side of the parameters (both
-    # signs, zero crossings included) but never below 2**-12 of them
-    # (float16's bound; bfloat16's is 2**-15): there update + apply_updates
-    # is exact. Beyond it, step still is.
+    # span orders of magnitude either side of the parameters (both signs,
+    # zero crossings included) but never below 2**-15 of them (bfloat16;
+    # float16: 2**-12): there update + apply_updates is exact. Beyond it,
+    # step still is.
     rng = np.random.default_rng(0)
     n = 20000
     span = 3 if dtype == jnp.bfloat16 else 2  # float16 tops out at 65504
     p = jnp.asarray(rng.standard_normal(n) * 10.0 ** rng.uniform(-span, span, n), dtype)
     p32 = np.asarray(p, np.float32)
-    ratio = 10.0 ** rng.uniform(np.log10(2.0**-12) + 0.01, span, n) * rng.choice([-1, 1], n)
+    bound = 2.0**-15 if dtype == jnp.bfloat16 else 2.0**-12
+    ratio = 10.0 ** rng.uniform(np.log10(bound) + 0.01, span, n) * rng.choice([-1, 1], n)
     target = (p32 * ratio).astype(np.float32)
     opt = O.master_weights(O.sgd(1.0))
     state = opt.init(p)._replace(master=O.Leaves({"": jnp.asarray(p32)}))
