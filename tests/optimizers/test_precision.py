@@ -309,3 +309,25 @@ def test_inside_partition_and_chain():
     chained, _ = run(O.chain(optax.scale(1.0), O.master_weights(O.adam(0.01))), low, jit=True)
     alone, _ = run(O.master_weights(O.adam(0.01)), low, jit=True)
     same(chained, alone)
+
+
+def test_wrapped_leaves_at_init_plain_at_update():
+    # nnx.Optimizer calls init on Variables (paths ending in .../value) and
+    # update on the plain arrays: the copies are keyed by the parameter's path.
+    from .test_groups_wrapped import Box
+
+    opt = O.master_weights(O.adamw(0.1, groups={"enc/*": {"weight_decay": 0.0}}))
+    p = {"enc": {"w": jnp.ones(2, jnp.bfloat16)}, "b": jnp.ones(1, jnp.bfloat16)}
+    state = opt.init(jax.tree.map(Box, p))
+    assert sorted(state.master) == ["b", "enc/w"]
+    g = jax.tree.map(jnp.ones_like, p)
+    state = jax.tree.map(
+        lambda b: b.get_value() if isinstance(b, Box) else b,
+        state,
+        is_leaf=lambda x: isinstance(x, Box),
+    )
+    u, state = opt.update(g, state, p)
+    inner = opt.tx
+    plain, _ = inner.update(upcast(g), inner.init(upcast(p)), upcast(p))
+    same(state.master["enc/w"], optax.apply_updates(upcast(p), plain)["enc"]["w"])
+    same(state.master["b"], optax.apply_updates(upcast(p), plain)["b"])
