@@ -21,7 +21,7 @@ from ._base import (
 )
 from ._leaf import torch_lerp
 from ._optimizer import Optimizer
-from ._timm import complement, guarded, norm
+from ._timm import guarded, norm
 from ._transforms import global_norm
 
 __all__ = ["LambState", "lamb"]
@@ -148,8 +148,8 @@ class lamb(Optimizer):
         one = jnp.ones_like(t)
         return hp | {
             "-lr": -hp["lr"],
-            "1-b1": complement(self, "b1", hp["b1"]),
-            "1-b2": complement(self, "b2", hp["b2"]),
+            "1-b1": 1 - hp["b1"],
+            "1-b2": 1 - hp["b2"],
             "bc1": 1 - hp["b1"] ** t if self.bias_correction else one,
             "bc2_sqrt": jnp.sqrt(1 - hp["b2"] ** t) if self.bias_correction else one,
             # timm adapts the leaves of a group whose weight decay is not 0.

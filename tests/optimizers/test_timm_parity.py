@@ -32,17 +32,27 @@ GOLDEN = json.loads((Path(C.__file__).parent / C.GOLDEN).read_text())
 RUNS = [(case, dtype) for case in sorted(C.CASES) for dtype in C.DTYPES]
 
 
-@functools.partial(jax.jit, static_argnames=("opts", "method"))
-def _simulate_all(opts, init, grads, data, closed_loop, method):
-    # The optimizers are static (their numbers concrete, as in a step that
-    # closes over them): timm's ``1 - b2`` is then rounded from the number
-    # itself (see `cadence.optimizers._timm.complement`).
-    return {name: trajectory(o, init, grads, loss, data, closed_loop, method) for name, o in opts}
+def _simulate(opts, init, grads, data, closed_loop, method):
+    return {
+        name: trajectory(o, init, grads, loss, data, closed_loop, method)
+        for name, o in opts.items()
+    }
 
 
-def _snapshots(opts: dict, dtype: str, method: str = "update") -> dict:
-    """Each transformation's parameters after each update in `C.SNAPSHOTS`, per problem."""
+# cadence's optimizers are arguments (pytrees); optax's are closed over.
+_simulate_all = jax.jit(_simulate, static_argnames="method")
+
+
+def _snapshots(opts: dict, dtype: str, method: str = "update", pytrees: bool = True) -> dict:
+    """Each transformation's parameters after each update in `C.SNAPSHOTS`, per problem.
+
+    `pytrees`: the transformations are pytrees (cadence's), passed as arguments.
+    """
     data = C.problem(C.MODEL)
+    if pytrees:
+        simulate = functools.partial(_simulate_all, opts)
+    else:
+        simulate = jax.jit(functools.partial(_simulate, opts), static_argnames="method")
 
     def cast(tree):
         return jax.tree.map(lambda a: jnp.asarray(a, dtype), tree)
@@ -54,8 +64,7 @@ def _snapshots(opts: dict, dtype: str, method: str = "update") -> dict:
             n: np.zeros_like(g)[: C.STEPS] if closed else g[: C.STEPS]
             for n, g in data.grads.items()
         }
-        trajectories = _simulate_all(
-            tuple(sorted(opts.items())),
+        trajectories = simulate(
             cast(nest(data.init)),
             cast(nest(grads)),
             cast((data.xa, data.xb, data.z, data.y)),
@@ -211,7 +220,7 @@ def optax_gaps() -> dict[tuple[str, str], float]:
     """optax's gap to timm's golden float64 trajectory, per entry of `OPTAX`."""
     opts = {f"{case}:{kind}": build() for (case, kind), build in OPTAX.items()}
     with jax.enable_x64(True):
-        runs = _snapshots(opts, "float64")
+        runs = _snapshots(opts, "float64", pytrees=False)
     return {
         (case, kind): max(
             relative_error(

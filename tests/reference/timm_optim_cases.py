@@ -86,14 +86,14 @@ def _cases() -> list[Case]:
         ),
         Case(
             "adopt_decoupled",
-            lambda: O.adopt(0.02, weight_decay=0.1, decoupled=True, clip_exp=0.5),
-            dict(lr=0.02, weight_decay=0.1, decoupled=True, clip_exp=0.5),
+            lambda: O.adopt(0.02, b2=0.999, weight_decay=0.1, decoupled=True, clip_exp=0.5),
+            dict(lr=0.02, betas=(0.9, 0.999), weight_decay=0.1, decoupled=True, clip_exp=0.5),
         ),
         Case(
             # No clipping; b1 below 0.5: torch's lerp takes its other formula.
             "adopt_noclip",
-            lambda: O.adopt(0.01, b1=0.3, clip_exp=None),
-            dict(lr=0.01, betas=(0.3, 0.9999), clip_exp=None),
+            lambda: O.adopt(0.01, b1=0.3, b2=0.999, clip_exp=None),
+            dict(lr=0.01, betas=(0.3, 0.999), clip_exp=None),
         ),
         Case(
             "adopt_groups_cosine",
