@@ -84,7 +84,8 @@ class adopt(Optimizer):
         b2: decay of the second moment, in [0, 1) (timm's ``betas[1]``).
         eps: lower bound of the denominator :math:`\\sqrt{v}` (>= 0).
         clip_exp: exponent of the clipping bound :math:`(t-1)^c` (>= 0), or
-            None to not clip.
+            None to not clip; one number for every group, not a schedule
+            (timm lets a group set its own).
         weight_decay: L2 coefficient, or decoupled decay with ``decoupled`` (>= 0).
         decoupled: decay the parameters (scaled by lr) instead of adding L2.
         state_dtype: dtype of the moments (default: the parameter's).

@@ -87,7 +87,8 @@ class lamb(Optimizer):
         bias_correction: divide the moments by :math:`1 - \\beta^t`.
         grad_averaging: weigh the gradient by :math:`1 - \\beta_1` in the first moment.
         max_grad_norm: the global gradient norm above which every gradient is
-            scaled down (> 0), or None.
+            scaled down (> 0), or None; one number for every group (timm reads
+            it from the defaults only), not a schedule.
         trust_clip: clip the trust ratio at 1 (LAMBC).
         always_adapt: apply the trust ratio to leaves without weight decay too.
         state_dtype: dtype of the moments (default: the parameter's).
