@@ -3,7 +3,8 @@
 A concrete optimizer is a rule: the per-leaf buffers it keeps (any shape
 decided from the parameter's), scalar state shared by a group's leaves, a
 per-group scalar step (`scalars`: bias corrections and the like, computed
-once per group from the hyperparameters and the count) and a per-leaf
+once per group from the hyperparameters and the count; `global_scalars`,
+reduced over every gradient leaf, such as LAMB's global norm) and a per-leaf
 `kernel` of (param, grad, buffers, scalars), elementwise or whole-leaf.
 `optimizer_type`, `hyper` and `flag` are the public building blocks, and
 `optimizers()` the registry.
