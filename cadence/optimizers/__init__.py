@@ -18,10 +18,13 @@ Example:
 """
 
 from ._adafactor import adafactor as adafactor
+from ._adopt import adopt as adopt
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
+from ._lamb import lamb as lamb
+from ._lars import lars as lars
 from ._muon import muon as muon
 from ._nadam import nadam as nadam
 from ._optimizer import Optimizer as Optimizer

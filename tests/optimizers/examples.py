@@ -32,6 +32,33 @@ OPTIMIZERS: dict[str, O.Transformation] = {
     "adamw_groups": O.adamw(
         0.01, groups={"*/b": {"weight_decay": 0.0}, "encoder/**": {"lr": S.linear(1e-3, 0.0, 5)}}
     ),
+    "adopt": O.adopt(0.01, weight_decay=0.01),
+    "adopt_decoupled": O.adopt(
+        S.cosine(0.01, 8),
+        b1=0.3,
+        weight_decay=0.1,
+        decoupled=True,
+        clip_exp=None,
+        groups={"*/b": {"b2": 0.99}},
+    ),
+    "lamb": O.lamb(0.01, trust_clip=True),
+    "lamb_groups": O.lamb(
+        S.cosine(0.01, 8),
+        grad_averaging=False,
+        bias_correction=False,
+        max_grad_norm=None,
+        always_adapt=True,
+        groups={"*/b": {"weight_decay": 0.0}},
+    ),
+    "lars": O.lars(0.1, momentum=0.9, weight_decay=0.01, nesterov=True, trust_coeff=0.01),
+    "lars_clip": O.lars(
+        S.cosine(0.1, 8),
+        momentum=0.9,
+        dampening=0.1,
+        trust_clip=True,
+        always_adapt=True,
+        groups={"encoder/**": {"lr": 0.05}},
+    ),
 }
 
 # Muon takes 2-D leaves only, so it is not among `OPTIMIZERS` (whose example

@@ -28,6 +28,7 @@ TABLES = {
     "optimizers": "optimizer_cases",
     "more_optimizers": "more_optimizer_cases",
     "loss_scale": "loss_scale_cases",
+    "timm_optim": "timm_optim_cases",
 }
 
 
