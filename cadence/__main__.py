@@ -126,6 +126,8 @@ def _examples(peak: float, total: int) -> dict[str, Any]:
         "warmup": lambda **kw: S.warmup(**{"s": S.cosine(peak, total - q), "steps": q} | kw),
         "shift": lambda **kw: S.shift(**{"s": S.cosine(peak, total + q), "steps": q} | kw),
         "clip": lambda **kw: S.clip(**{"s": S.cyclic(0.0, 2 * peak, q), "hi": peak} | kw),
+        # torch's SWALR: from the lr SWA starts at down to the constant SWA lr.
+        "swa": lambda **kw: S.swa(**{"init": peak, "swa_lr": peak / 5, "steps": q} | kw),
     }
 
 

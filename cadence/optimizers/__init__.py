@@ -19,6 +19,9 @@ Example:
 
 from ._adafactor import adafactor as adafactor
 from ._adopt import adopt as adopt
+from ._average import average as average
+from ._average import lookahead as lookahead
+from ._averaged import averaged_params as averaged_params
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten

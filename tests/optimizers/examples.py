@@ -87,6 +87,11 @@ TRANSFORMS: dict[str, O.Transformation] = {
     ),
     "master_weights": O.master_weights(O.adamw(0.01, weight_decay=0.1)),
     "loss_scale": O.loss_scale(O.adam(0.01), init_scale=4.0, growth_interval=2),
+    # k=1 syncs on every update: the first (a copy) and the later (a pull).
+    "lookahead": O.lookahead(O.sgd(0.1, momentum=0.9), alpha=0.5, k=1),
+    "lookahead_chain": O.lookahead(O.chain(O.clip_by_global_norm(1.0), O.adam(0.01)), 0.8, k=2),
+    "average_ema": O.average(O.adamw(S.cosine(0.01, 8)), decay=0.9, start=1),
+    "average_swa": O.average(O.sgd(0.1, momentum=0.9), every=2),
 }
 
 EVERYTHING = OPTIMIZERS | TRANSFORMS

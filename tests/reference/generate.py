@@ -29,6 +29,7 @@ TABLES = {
     "more_optimizers": "more_optimizer_cases",
     "loss_scale": "loss_scale_cases",
     "timm_optim": "timm_optim_cases",
+    "averaging": "averaging_cases",
 }
 
 
