@@ -18,6 +18,8 @@ Example:
 """
 
 from ._adafactor import adafactor as adafactor
+from ._asgd import asgd as asgd
+from ._averaged import averaged_params as averaged_params
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
@@ -37,6 +39,7 @@ from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
 from ._partition import partition as partition
 from ._partition import rules as rules
+from ._rprop import rprop as rprop
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain
 from ._transforms import clip_by_global_norm as clip_by_global_norm

@@ -16,8 +16,15 @@ from .examples import OPTIMIZERS
 
 # Lion's parameter loop reads the old momentum while the momentum loop
 # overwrites it in place; XLA keeps the old value with a copy (optax's Lion
-# compiles to the same copy). Every other optimizer reads each buffer once.
-NO_COPY = sorted(set(OPTIMIZERS) - {"lion"})
+# compiles to the same copy). Rprop's parameter, prev and step_size loops each
+# read the old prev (the sign change), which XLA keeps likewise (its `step`
+# is one native loop on CPU). Every other optimizer reads each buffer once.
+NO_COPY = sorted(set(OPTIMIZERS) - {"lion", "rprop", "rprop_groups"})
+
+# ASGD's average reads the new parameters: in bfloat16 XLA writes the rounded
+# update once (a temporary) and adds it to the parameter and to the average
+# in two loops, so the old parameter is kept with a copy until both read it.
+BF16_COPY = {"asgd", "asgd_groups"}
 
 # `%name = f32[256]{0} copy(...)`: an array-sized copy in the entry computation.
 _ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
@@ -56,9 +63,11 @@ def test_donated_step_copies_no_state(name, dtype):
     compiled, caught = compiled_step(OPTIMIZERS[name], dtype)
     text = compiled.as_text()
     entry = text[text.find("\nENTRY") :]
-    assert _ARRAY_COPY.findall(entry) == []
+    copies = dtype == jnp.bfloat16 and name in BF16_COPY
+    if not copies:
+        assert _ARRAY_COPY.findall(entry) == []
     assert not [m for m in caught if "donated" in m], caught
-    if name not in DECAYED_GRADIENT_TEMPORARY | WHOLE_LEAF_TEMPORARY:
+    if name not in DECAYED_GRADIENT_TEMPORARY | WHOLE_LEAF_TEMPORARY and not copies:
         # Nothing parameter-sized is allocated besides the outputs.
         assert compiled.memory_analysis().temp_size_in_bytes < 256 * jnp.dtype(dtype).itemsize
 
