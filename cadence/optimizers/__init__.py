@@ -37,6 +37,7 @@ from ._optimizers import adamw as adamw
 from ._optimizers import lion as lion
 from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
+from ._param_groups import add_param_group as add_param_group
 from ._partition import partition as partition
 from ._partition import rules as rules
 from ._rprop import rprop as rprop

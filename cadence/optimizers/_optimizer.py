@@ -51,7 +51,7 @@ from ._base import (
     transformation_type,
     zero_count,
 )
-from ._groups import Groups, assign, group_values, record
+from ._groups import Groups, assign, group_values, record, step_offsets, zero_offsets
 from ._leaf import leaf_step, leaf_update
 from ._trees import is_traced
 
@@ -231,7 +231,8 @@ class Optimizer(Transformation):
             fields[name] = treedef.unflatten(buffers)
         for name in self.shared:
             fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
-        return self.State(count=count, **fields, hyperparams=record(values, self.groups))
+        recorded = record(values, self.groups, zero_offsets(self.groups))
+        return self.State(count=count, **fields, hyperparams=recorded)
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         """The parameter deltas (``new_params = optax.apply_updates(params, deltas)``) and state.
@@ -339,8 +340,13 @@ class Optimizer(Transformation):
                 f"{owner}: params are required when {' or '.join(self._decay_names())} is not 0"
             )
         values = group_values(self._defaults(), self.groups, state.count)
+        # The rule's step per group: the count, less the update at which a
+        # group with its own step joined (torch's per-parameter ``step``);
+        # schedules (`values`) keep the count.
+        offsets = step_offsets(self.groups, state.hyperparams)
+        steps = [state.count - o for o in offsets] if offsets else [state.count] * len(values)
         shared = [
-            self.advance(v, state.count, {n: getattr(state, n)[i] for n in self.shared})
+            self.advance(v, steps[i], {n: getattr(state, n)[i] for n in self.shared})
             for i, v in enumerate(values)
         ]
         gleaves, treedef = jax.tree.flatten(grads)
@@ -352,13 +358,14 @@ class Optimizer(Transformation):
             index=assign(owner, self.groups, grads),
             values=values,
             scalars=[
-                self.scalars(v | sh, state.count) for v, sh in zip(values, shared, strict=True)
+                self.scalars(v | sh, t) for v, sh, t in zip(values, shared, steps, strict=True)
             ],
             shared={n: tuple(sh[n] for sh in shared) for n in self.shared},
             decays=self._decays(),
             treedef=treedef,
             traced=is_traced(gleaves),
             groups=self.groups,
+            offsets=offsets,
         )
 
 
@@ -378,6 +385,7 @@ class _Run:
     treedef: Any
     traced: bool
     groups: Groups | None
+    offsets: list[jax.Array] | None = None
 
     def each(
         self, leaf: Callable[..., tuple[Any, dict]], args: Callable[[Any, Any, int], tuple]
@@ -408,7 +416,7 @@ class _Run:
     def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
         return state._replace(
             count=increment(state.count),
-            hyperparams=record(self.values, self.groups),
+            hyperparams=record(self.values, self.groups, self.offsets),
             **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )
