@@ -105,7 +105,9 @@ class asgd(Optimizer):
         return super()._prepare(owner, grads, state, params)
 
     def init_shared(self, hp):
-        return {"eta": hp["lr"], "mu": 1.0}
+        # A copy: the record holds hp["lr"] itself, and one array in two places
+        # of a state cannot be donated.
+        return {"eta": jnp.array(hp["lr"], copy=True), "mu": 1.0}
 
     def advance(self, hp, count, shared):
         t = as_float(count) + 1

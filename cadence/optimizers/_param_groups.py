@@ -288,7 +288,7 @@ def _grow_optimizer(opt: Optimizer, state: Any, growth: _Growth) -> tuple[Any, A
     old_values = _group_list(opt, opt.groups, state.hyperparams)
     values = [now[i] if where[k] is None else old_values[where[k]] for i, k in enumerate(keys)]
     old_offsets = state.hyperparams.get(OWN_STEP, {}) if opt.groups is not None else {}
-    count = jnp.asarray(state.count, jnp.int32)
+    count = jnp.array(state.count, jnp.int32, copy=True)  # not the count itself: donated apart
     offsets = [
         count
         if where[k] is None

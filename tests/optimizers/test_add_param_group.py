@@ -239,3 +239,19 @@ def test_unsupported_transformations_and_settings_are_refused():
     with pytest.raises(ValueError, match="does not tell the new parameters"):
         O.add_param_group(plain, plain.init(params), grown, {"lr": 0.5})
     assert O.add_param_group(plain, plain.init(params), grown)[0] == plain
+
+
+@pytest.mark.parametrize("opt", [O.adam(0.1), O.asgd(0.1)], ids=["adam", "asgd"])
+def test_grown_state_can_be_donated(opt):
+    # No array sits twice in the grown state (the new group's step offset is
+    # not the count itself, ASGD's eta not the recorded lr): a donated step runs.
+    params = {"a": jnp.ones(2)}
+    state = opt.init(params)
+    _, state = opt.update(params, state, params)
+    params = params | {"c": jnp.ones(1)}
+    grown, state = O.add_param_group(opt, state, params, {"lr": 0.5})
+    step = jax.jit(lambda p, s, g: grown.step(g, s, p), donate_argnums=(0, 1))
+    grads = jax.tree.map(jnp.ones_like, params)
+    for _ in range(2):
+        params, state = step(params, state, grads)
+    assert int(state.count) == 3

@@ -158,6 +158,18 @@ def test_live_reference(case, dtype, request):
         _check(golden, ref, case, dtype, f"{case}/{problem} golden vs live")
 
 
+@pytest.mark.parametrize("opt", [O.asgd(0.1, groups={"b": {"lr": 0.01}}), O.rprop(0.1)])
+def test_donated_step_runs(opt):
+    # A fresh state holds no array twice (ASGD's eta starts as a copy of lr).
+    params = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    state = opt.init(params)
+    step = jax.jit(lambda p, s, g: opt.step(g, s, p), donate_argnums=(0, 1))
+    grads = jax.tree.map(jnp.ones_like, params)
+    for _ in range(2):
+        params, state = step(params, state, grads)
+    assert int(state.count) == 2
+
+
 if __name__ == "__main__":
     # The worst error of each optimizer against live torch, per dtype.
     worst: dict[tuple[str, str], float] = {}
