@@ -238,7 +238,7 @@ def _new_patterns(growth: _Growth) -> list[str]:
     return list(growth.new)
 
 
-def _group_list(opt: Optimizer, groups: Groups | None, recorded: Any) -> list[dict[str, Any]]:
+def _group_list(groups: Groups | None, recorded: Any) -> list[dict[str, Any]]:
     """A record's values per group (default first), for `groups`."""
     if groups is None:
         return [{k: v for k, v in recorded.items() if k != OWN_STEP}]
@@ -285,17 +285,14 @@ def _grow_optimizer(opt: Optimizer, state: Any, growth: _Growth) -> tuple[Any, A
             as_float(grown.init_shared(now[i])[name]) if where[k] is None else old[where[k]]
             for i, k in enumerate(keys)
         )
-    old_values = _group_list(opt, opt.groups, state.hyperparams)
+    old_values = _group_list(opt.groups, state.hyperparams)
     values = [now[i] if where[k] is None else old_values[where[k]] for i, k in enumerate(keys)]
+    # Step offsets: the old groups' as they were (0 where none was kept), the
+    # count for the new one (a copy: one array in two places cannot be donated).
     old_offsets = state.hyperparams.get(OWN_STEP, {}) if opt.groups is not None else {}
-    count = jnp.array(state.count, jnp.int32, copy=True)  # not the count itself: donated apart
+    count = jnp.array(state.count, jnp.int32, copy=True)
     offsets = [
-        count
-        if where[k] is None
-        else jnp.asarray(
-            old_offsets.get(k, 0) if isinstance(old_offsets, Mapping) else 0, jnp.int32
-        )
-        for k in keys
+        count if where[k] is None else jnp.asarray(old_offsets.get(k, 0), jnp.int32) for k in keys
     ]
     return grown, fresh._replace(
         count=state.count, hyperparams=record(values, grown.groups, offsets), **fields
