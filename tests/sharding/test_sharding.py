@@ -39,6 +39,8 @@ NAMES = (
     "nadam",
     "adafactor",
     "muon",
+    "asgd",
+    "rprop",
 )
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
