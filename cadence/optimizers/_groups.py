@@ -324,7 +324,7 @@ def record(
     return out
 
 
-def step_offsets(groups: Groups | None, recorded: Any) -> list[jax.Array] | None:
+def step_offsets(owner: str, groups: Groups | None, recorded: Any) -> list[jax.Array] | None:
     """Each group's step offset from a state's record, or None where no group has its own step."""
     if groups is None or not groups.own_step:
         return None
@@ -332,8 +332,8 @@ def step_offsets(groups: Groups | None, recorded: Any) -> list[jax.Array] | None
     keys = (DEFAULT, *groups.patterns)
     if not isinstance(offsets, Mapping) or set(offsets) != set(keys):
         raise ValueError(
-            "the state was made for a different configuration (its groups' own steps "
-            "do not match the optimizer's); call init again or use add_param_group"
+            f"{owner}: the state was made for a different configuration (its groups' own "
+            "steps do not match the optimizer's); call init again or use add_param_group"
         )
     return [offsets[k] for k in keys]
 

@@ -343,7 +343,7 @@ class Optimizer(Transformation):
         # The rule's step per group: the count, less the update at which a
         # group with its own step joined (torch's per-parameter ``step``);
         # schedules (`values`) keep the count.
-        offsets = step_offsets(self.groups, state.hyperparams)
+        offsets = step_offsets(owner, self.groups, state.hyperparams)
         steps = [state.count - o for o in offsets] if offsets else [state.count] * len(values)
         shared = [
             self.advance(v, steps[i], {n: getattr(state, n)[i] for n in self.shared})

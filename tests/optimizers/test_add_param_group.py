@@ -256,3 +256,15 @@ def test_grown_state_can_be_donated(opt):
     for _ in range(2):
         params, state = step(params, state, grads)
     assert int(state.count) == 3
+
+
+def test_a_state_from_before_the_change_is_refused():
+    opt = O.adam(0.1)
+    params = {"a": jnp.ones(2)}
+    state = opt.init(params)
+    params = params | {"c": jnp.ones(1)}
+    grown, _ = O.add_param_group(opt, state, params)
+    # The grown optimizer with a state built for another configuration.
+    other = O.adam(0.1, groups={"c": {"lr": 0.1}}).init(params)
+    with pytest.raises(ValueError, match="adam.update: the state was made for a different"):
+        grown.update(params, other, params)
