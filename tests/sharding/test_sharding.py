@@ -42,6 +42,8 @@ NAMES = (
     "adopt",
     "lamb",
     "lars",
+    "asgd",
+    "rprop",
 )
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
