@@ -19,9 +19,9 @@ Example:
 
 from ._adafactor import adafactor as adafactor
 from ._adopt import adopt as adopt
+from ._asgd import asgd as asgd
 from ._average import average as average
 from ._average import lookahead as lookahead
-from ._asgd import asgd as asgd
 from ._averaged import averaged_params as averaged_params
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
