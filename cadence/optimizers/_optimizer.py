@@ -53,6 +53,7 @@ from ._base import (
 )
 from ._groups import Groups, assign, group_values, record
 from ._leaf import leaf_step, leaf_update
+from ._state_dtype import check_state_dtype, codes_view, init_stored, is_special
 from ._trees import is_traced
 
 __all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
@@ -96,11 +97,21 @@ class Optimizer(Transformation):
     # `step` is never traced for a generated loop. (A kernel that is not
     # elementwise gets no loop either way: the generator refuses it.)
     elementwise: ClassVar[bool] = True
+    # The buffers that ``state_dtype="8bit"`` stores blockwise-quantized, each
+    # with the bitsandbytes map it uses: "signed" for a moment of either sign
+    # (a first moment, a momentum), "unsigned" for a non-negative one (a
+    # second moment, a sum of squares). A rule without any refuses "8bit".
+    eight_bit: ClassVar[dict[str, str]] = {}
 
-    state_dtype: str | None
+    state_dtype: Any
     groups: Groups | None
 
     def __post_init__(self) -> None:
+        # "8bit" and a dict by buffer are validated against the rule's
+        # buffers below; the field kind's own check takes plain dtypes only.
+        special = self.state_dtype if is_special(self.state_dtype) else None
+        if special is not None:
+            set_field(self, "state_dtype", None)
         super().__post_init__()
         groups = self.groups
         if isinstance(groups, Mapping):
@@ -111,6 +122,8 @@ class Optimizer(Transformation):
             set_field(self, "groups", groups)
         elif not isinstance(groups, (Groups, type(None))):
             raise TypeError(f"{type(self).__name__}: groups must be a dict, got {groups!r}")
+        if special is not None:
+            set_field(self, "state_dtype", check_state_dtype(self, special))
 
     # ---------------------------------------------------------------- contract
 
@@ -226,8 +239,8 @@ class Optimizer(Transformation):
         for name in self.buffers():
             buffers = []
             for p, i in zip(leaves, index, strict=True):
-                dtype = self.state_dtype or dtype_of(p)
-                buffers.append(self.init_buffer(name, jnp.shape(p), dtype, values[i]))
+                shape, dtype = jnp.shape(p), dtype_of(p)
+                buffers.append(init_stored(self, name, shape, dtype, values[i]))
             fields[name] = treedef.unflatten(buffers)
         for name in self.shared:
             fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
@@ -331,7 +344,7 @@ class Optimizer(Transformation):
         for name in present:
             # A reduced buffer (a factored moment) is checked by paths only.
             shapes = name not in self.reduced
-            check_tree(owner, grads, getattr(state, name), "the state", shapes=shapes)
+            check_tree(owner, grads, codes_view(getattr(state, name)), "the state", shapes=shapes)
         if params is not None:
             check_tree(owner, grads, params, "params")
         elif any(self._nonzero(n) for n in self._decay_names()):

@@ -138,6 +138,7 @@ class sgd(Optimizer):
 
     State = SGDState
     _optional = {"momentum_buffer": "momentum"}
+    eight_bit = {"momentum_buffer": "signed"}
 
     lr: Hyper = field(HYPER, check=NONNEG)
     momentum: Hyper = field(HYPER, 0.0, check=NONNEG)
@@ -193,6 +194,7 @@ class _Adam(Optimizer):
 
     State = AdamState
     _decoupled: ClassVar[bool]
+    eight_bit = {"mu": "signed", "nu": "unsigned", "nu_max": "unsigned"}
 
     def buffers(self) -> tuple[str, ...]:
         return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
@@ -378,6 +380,7 @@ class rmsprop(Optimizer):
 
     State = RMSpropState
     _optional = {"momentum_buffer": "momentum"}
+    eight_bit = {"square_avg": "unsigned", "grad_avg": "signed", "momentum_buffer": "signed"}
 
     lr: Hyper = field(HYPER, 1e-2, check=NONNEG)
     alpha: Hyper = field(HYPER, 0.99, check=UNIT)
@@ -452,6 +455,7 @@ class adagrad(Optimizer):
     reference = "torch.optim.Adagrad"
 
     State = AdagradState
+    eight_bit = {"sum": "unsigned"}
 
     lr: Hyper = field(HYPER, 1e-2, check=NONNEG)
     lr_decay: Hyper = field(HYPER, 0.0, check=NONNEG)
@@ -514,6 +518,7 @@ class lion(Optimizer):
     reference = "Lion (the paper; lion-pytorch)"
 
     State = LionState
+    eight_bit = {"mu": "signed"}
 
     lr: Hyper = field(HYPER, 1e-4, check=NONNEG)
     b1: Hyper = field(HYPER, 0.9, check=UNIT)
