@@ -29,6 +29,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.shard_alike import shard_alike
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
 
 __all__ = ["BLOCK", "MIN_SIZE", "Quantized", "dequantize", "dynamic_map", "quantize"]
 
@@ -102,9 +105,27 @@ def _grid_codes(signed: bool) -> np.ndarray:
     return out
 
 
+def _explicit_spec(x: jax.Array) -> P | None:
+    """The partitioning `x`'s type carries on a mesh with Explicit axes, else None.
+
+    Blocks run over the flattened leaf, a reshape that Explicit sharding
+    types cannot express: such a leaf is blocked replicated, and its codes
+    put back on its layout. Under Auto axes XLA lays the blocks out itself.
+    """
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or mesh.empty or not any(t == AxisType.Explicit for t in mesh.axis_types):
+        return None
+    return sharding.spec if any(e is not None for e in sharding.spec) else None
+
+
 def quantize(x: jax.Array, signed: bool) -> Quantized:
     """`x` (float32) as codes of `dynamic_map(signed)` and a float32 absmax per block of 256."""
     x = jnp.asarray(x, jnp.float32)
+    values = x
+    spec = _explicit_spec(x)
+    if spec is not None:
+        x = jax.sharding.reshard(x, P())
     n = x.size
     blocks = -(-n // BLOCK)
     flat = jnp.pad(x.reshape(-1), (0, blocks * BLOCK - n)).reshape(blocks, BLOCK)
@@ -114,18 +135,28 @@ def quantize(x: jax.Array, signed: bool) -> Quantized:
     scaled = jnp.clip(flat * inverse[:, None], -1.0, 1.0)
     point = jnp.floor((scaled + 1.0) * 0.5 * np.float32(_GRID - 1) + 0.5).astype(jnp.int32)
     code = jnp.asarray(_grid_codes(signed))[point]
-    code = jnp.where(zero[:, None], jnp.uint8(0), code)
-    return Quantized(code.reshape(-1)[:n].reshape(x.shape), absmax)
+    code = jnp.where(zero[:, None], jnp.uint8(0), code).reshape(-1)[:n].reshape(x.shape)
+    if spec is not None:
+        code = jax.sharding.reshard(code, spec)
+    elif isinstance(code, jax.core.Tracer):
+        # Under Auto axes the flattening hides the leaf's layout from XLA's
+        # propagation: the codes are tied to the values they encode.
+        code, _ = shard_alike(code, values)
+    return Quantized(code, absmax)
 
 
 def dequantize(q: Quantized, signed: bool) -> jax.Array:
     """The float32 values of a `Quantized` buffer: ``code_map[codes] * absmax`` by block."""
     codes = q.codes
+    spec = _explicit_spec(codes)
+    if spec is not None:
+        codes = jax.sharding.reshard(codes, P())
     n = codes.size
     blocks = q.absmax.shape[0]
     values = jnp.asarray(dynamic_map(signed))[codes.reshape(-1).astype(jnp.int32)]
     values = jnp.pad(values, (0, blocks * BLOCK - n)).reshape(blocks, BLOCK)
-    return (values * q.absmax[:, None]).reshape(-1)[:n].reshape(codes.shape)
+    out = (values * q.absmax[:, None]).reshape(-1)[:n].reshape(codes.shape)
+    return out if spec is None else jax.sharding.reshard(out, spec)
 
 
 def stores_8bit(shape: tuple[int, ...]) -> bool:
