@@ -112,7 +112,8 @@ class sgd(Optimizer):
         dampening: dampening of the gradient in the buffer.
         weight_decay: L2 penalty added to the gradient (>= 0).
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
-        state_dtype: dtype of the momentum buffer (default: the parameter's).
+        state_dtype: dtype of the momentum buffer (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Every float argument takes a number, a cadence schedule or a callable of
@@ -256,7 +257,8 @@ class adam(_Adam):
         eps: added to the denominator, outside the square root (>= 0).
         weight_decay: L2 penalty added to the gradient (>= 0).
         amsgrad: use AMSGrad.
-        state_dtype: dtype of the moments (default: the parameter's).
+        state_dtype: dtype of the moments (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -305,7 +307,8 @@ class adamw(_Adam):
         eps: added to the denominator, outside the square root (>= 0).
         weight_decay: decoupled decay coefficient (>= 0).
         amsgrad: use AMSGrad (torch's variant, see `adam`).
-        state_dtype: dtype of the moments (default: the parameter's).
+        state_dtype: dtype of the moments (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -360,7 +363,8 @@ class rmsprop(Optimizer):
         weight_decay: L2 penalty added to the gradient (>= 0).
         momentum: momentum factor (>= 0); with the number 0 no buffer is kept.
         centered: normalize by the estimated variance instead of the raw moment.
-        state_dtype: dtype of the buffers (default: the parameter's).
+        state_dtype: dtype of the buffers (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -436,7 +440,8 @@ class adagrad(Optimizer):
         weight_decay: L2 penalty added to the gradient (>= 0).
         initial_accumulator_value: starting value of the sum (>= 0; read at `init`).
         eps: added to the denominator, outside the square root (>= 0).
-        state_dtype: dtype of the sum (default: the parameter's).
+        state_dtype: dtype of the sum (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -499,7 +504,8 @@ class lion(Optimizer):
         b1: interpolation factor of the update, in [0, 1).
         b2: decay of the momentum, in [0, 1).
         weight_decay: decoupled decay coefficient (>= 0).
-        state_dtype: dtype of the momentum (default: the parameter's).
+        state_dtype: dtype of the momentum (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:

@@ -270,6 +270,8 @@ def test_other_rules_store_their_moments_in_8_bits():
         O.adagrad(0.1, state_dtype="8bit"): ["sum"],
         O.lion(1e-3, state_dtype="8bit"): ["mu"],
         O.adam(1e-3, amsgrad=True, state_dtype="8bit"): ["mu", "nu", "nu_max"],
+        O.nadam(1e-3, state_dtype="8bit"): ["mu", "nu"],
+        O.muon(0.02, ns_dtype=None, state_dtype="8bit"): ["momentum_buffer"],
     }
     for opt, names in cases.items():
         state = opt.init(params)
