@@ -376,3 +376,26 @@ def test_state_shards_like_the_parameters_on_8_devices():
         assert out["placed"] == {"rows": [True, True], "cols": [True, True]}
         # Sharded steps give the one-device numbers, bit for bit, and keep the layout.
         assert out["same"] and out["kept"]
+
+
+def test_works_inside_partition_and_chain():
+    params = {"enc": {"w": jnp.ones(BIG)}, "b": jnp.ones(10)}
+    g = jax.tree.map(lambda p: jnp.full_like(p, 0.1), params)
+    for opt in (
+        O.partition(
+            {"m": O.adamw(1e-2, state_dtype="8bit"), "rest": O.sgd(0.1)},
+            O.rules(("m", "**", 2), ("rest",)),
+        ),
+        O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2, state_dtype="8bit")),
+    ):
+        state = opt.init(params)
+        ups, via_update = jax.jit(opt.update)(g, state, params)
+        stepped, via_step = jax.jit(opt.step)(g, state, params)
+        for a, b in zip(
+            jax.tree.leaves((optax.apply_updates(params, ups), via_update)),
+            jax.tree.leaves((stepped, via_step)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        codes = [x for x in jax.tree.leaves(via_step) if x.dtype == jnp.uint8]
+        assert len(codes) == 2  # mu and nu of the one large leaf
