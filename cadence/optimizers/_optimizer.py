@@ -174,7 +174,8 @@ class Optimizer(Transformation):
         """One leaf's update and new buffers; `p` is None when no decay applies.
 
         Each new buffer passes through ``keep(name, x)`` before the update uses
-        it: the value as it will be stored. ``s["param_dtype"]`` is the
+        it: the value as it will be stored (an 8-bit buffer: its float32 value
+        before quantization, as bitsandbytes). ``s["param_dtype"]`` is the
         parameter's dtype (`p` and `g` arrive in the compute dtype).
         """
         raise NotImplementedError
