@@ -17,7 +17,10 @@ Example:
     Array([0.9899, 0.9899, 0.9899], dtype=float32)
 """
 
+from ._adadelta import adadelta as adadelta
 from ._adafactor import adafactor as adafactor
+from ._adamax import adamax as adamax
+from ._ademamix import ademamix as ademamix
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
@@ -37,6 +40,7 @@ from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
 from ._partition import partition as partition
 from ._partition import rules as rules
+from ._radam import radam as radam
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain
 from ._transforms import clip_by_global_norm as clip_by_global_norm
