@@ -51,6 +51,13 @@ class ademamix(Optimizer):
     parameters by ``1 - lr * weight_decay`` before the step: the same number
     up to rounding). There is no torch.optim counterpart.
 
+    In float64 the two agree to rounding (3.3e-16 of the largest parameter
+    after 200 updates). In float32, cadence holds ``b3`` in float32, as every
+    hyperparameter, where optax computes ``1 - b3`` from the Python float in
+    double: for 0.9999 the two differ by 1.7e-4 relative, which puts the runs
+    1.1e-5 of the largest parameter apart after 200 updates at lr 0.01
+    (2.6e-7 when optax is given the float32 values).
+
     Args:
         lr: learning rate (>= 0); required, as in optax.
         b1: decay of the fast EMA, in [0, 1).
@@ -72,8 +79,8 @@ class ademamix(Optimizer):
         >>> for _ in range(3):
         ...     updates, state = opt.update(jnp.array([3.0, -0.5]), state, params)
         ...     params = optax.apply_updates(params, updates)
-        >>> params, O.hyperparams(state)["alpha"]
-        (Array([ 0.7, -0.7], dtype=float32), Array(0.15, dtype=float32))
+        >>> params.tolist(), float(O.hyperparams(state)["alpha"])
+        ([0.7, -0.7], 0.1)
 
     References:
         optax.contrib.ademamix (optax 0.2.8); Pagliardini, Ablin & Grangier,
