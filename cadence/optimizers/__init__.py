@@ -17,7 +17,10 @@ Example:
     Array([0.9899, 0.9899, 0.9899], dtype=float32)
 """
 
+from ._adadelta import adadelta as adadelta
 from ._adafactor import adafactor as adafactor
+from ._adamax import adamax as adamax
+from ._ademamix import ademamix as ademamix
 from ._adopt import adopt as adopt
 from ._asgd import asgd as asgd
 from ._average import average as average
@@ -48,6 +51,7 @@ from ._partition import rules as rules
 from ._precision import loss_scale as loss_scale
 from ._precision import master_weights as master_weights
 from ._precision import scale_loss as scale_loss
+from ._radam import radam as radam
 from ._rprop import rprop as rprop
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain

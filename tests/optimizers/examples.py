@@ -72,6 +72,24 @@ OPTIMIZERS: dict[str, O.Transformation] = {
         always_adapt=True,
         groups={"encoder/**": {"lr": 0.05}},
     ),
+    "radam": O.radam(0.01, weight_decay=0.01),
+    "radam_decoupled": O.radam(
+        S.cosine(0.01, 8),
+        weight_decay=0.1,
+        decoupled_weight_decay=True,
+        groups={"*/b": {"weight_decay": 0.0, "b2": 0.8}},
+    ),
+    "adamax": O.adamax(0.01, weight_decay=0.01),
+    "adamax_groups": O.adamax(S.cosine(0.01, 8), groups={"*/b": {"b1": 0.5}}),
+    "adadelta": O.adadelta(weight_decay=0.01),
+    "adadelta_groups": O.adadelta(S.cosine(1.0, 8), groups={"encoder/**": {"rho": 0.5}}),
+    "ademamix": O.ademamix(0.01, weight_decay=0.01),
+    "ademamix_schedules": O.ademamix(
+        S.cosine(0.01, 8),
+        b3=S.linear(0.9, 0.999, 8),
+        alpha=S.linear(0.0, 5.0, 8),
+        groups={"*/b": {"weight_decay": 0.0, "b3": 0.99}},
+    ),
 }
 
 # Muon takes 2-D leaves only, so it is not among `OPTIMIZERS` (whose example

@@ -49,7 +49,7 @@ def test_python_functions_cannot_be_serialized():
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"type": "adamax"}, "not a transformation type"),
+        ({"type": "sparse_adam"}, "not a transformation type"),
         ({"lr": 0.1}, "not a transformation type"),
         ("sgd", "must be a dict"),
         ({"type": "sgd"}, "missing field 'lr'"),

@@ -32,6 +32,7 @@ TABLES = {
     "averaging": "averaging_cases",
     "asgd_rprop": "asgd_rprop_cases",
     "eight_bit": "eight_bit_cases",
+    "adaptive": "adaptive_cases",
 }
 
 
