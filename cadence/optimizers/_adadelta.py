@@ -72,6 +72,7 @@ class adadelta(Optimizer):
     reference: ClassVar[str] = "torch.optim.Adadelta"
     State = AdadeltaState
     per_leaf = ("square_avg", "acc_delta")
+    eight_bit: ClassVar[dict[str, str]] = {"square_avg": "unsigned", "acc_delta": "unsigned"}
 
     lr: Hyper = hyper(1.0, check="nonneg")
     rho: Hyper = hyper(0.9, check="unit")

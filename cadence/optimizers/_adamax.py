@@ -77,6 +77,7 @@ class adamax(Optimizer):
     reference: ClassVar[str] = "torch.optim.Adamax"
     State = AdamaxState
     per_leaf = ("mu", "exp_inf")
+    eight_bit: ClassVar[dict[str, str]] = {"mu": "signed", "exp_inf": "unsigned"}
 
     lr: Hyper = hyper(2e-3, check="nonneg")
     b1: Hyper = hyper(0.9, check="unit")

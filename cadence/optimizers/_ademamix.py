@@ -90,6 +90,7 @@ class ademamix(Optimizer):
     reference: ClassVar[str] = "optax.contrib.ademamix"
     State = AdEMAMixState
     per_leaf = ("m1", "m2", "nu")
+    eight_bit: ClassVar[dict[str, str]] = {"m1": "signed", "m2": "signed", "nu": "unsigned"}
 
     lr: Hyper = hyper(check="nonneg")
     b1: Hyper = hyper(0.9, check="unit")

@@ -122,6 +122,8 @@ class adopt(Optimizer):
     state_dtype: Any = field(DTYPE, None)
     groups: Any = field(GROUPS, None)
 
+    eight_bit: ClassVar[dict[str, str]] = {"mu": "signed", "nu": "unsigned"}
+
     def buffers(self) -> tuple[str, ...]:
         return ("mu", "nu")
 

@@ -132,6 +132,8 @@ class lamb(Optimizer):
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"lamb: max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
+    eight_bit: ClassVar[dict[str, str]] = {"mu": "signed", "nu": "unsigned"}
+
     def buffers(self) -> tuple[str, ...]:
         return ("mu", "nu")
 

@@ -107,6 +107,8 @@ class lars(Optimizer):
         if self.nesterov and (is_zero(self.momentum) or damped):
             raise ValueError("lars: nesterov needs momentum > 0 and dampening 0")
 
+    eight_bit: ClassVar[dict[str, str]] = {"momentum_buffer": "signed"}
+
     def buffers(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self._nonzero("momentum") else ()
 

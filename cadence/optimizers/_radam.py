@@ -132,6 +132,7 @@ class radam(Optimizer):
     reference: ClassVar[str] = "torch.optim.RAdam"
     State = RAdamState
     per_leaf = ("mu", "nu")
+    eight_bit: ClassVar[dict[str, str]] = {"mu": "signed", "nu": "unsigned"}
 
     lr: Hyper = hyper(1e-3, check="nonneg")
     b1: Hyper = hyper(0.9, check="unit")

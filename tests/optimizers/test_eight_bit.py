@@ -272,6 +272,13 @@ def test_other_rules_store_their_moments_in_8_bits():
         O.adam(1e-3, amsgrad=True, state_dtype="8bit"): ["mu", "nu", "nu_max"],
         O.nadam(1e-3, state_dtype="8bit"): ["mu", "nu"],
         O.muon(0.02, ns_dtype=None, state_dtype="8bit"): ["momentum_buffer"],
+        O.radam(1e-3, state_dtype="8bit"): ["mu", "nu"],
+        O.adamax(1e-3, state_dtype="8bit"): ["mu", "exp_inf"],
+        O.adadelta(state_dtype="8bit"): ["square_avg", "acc_delta"],
+        O.ademamix(1e-3, state_dtype="8bit"): ["m1", "m2", "nu"],
+        O.adopt(1e-3, state_dtype="8bit"): ["mu", "nu"],
+        O.lamb(1e-3, state_dtype="8bit"): ["mu", "nu"],
+        O.lars(0.1, momentum=0.9, state_dtype="8bit"): ["momentum_buffer"],
     }
     for opt, names in cases.items():
         state = opt.init(params)
@@ -289,6 +296,9 @@ def test_other_rules_store_their_moments_in_8_bits():
     [
         (lambda: O.sgd(0.1, state_dtype="8bit"), "keeps none"),
         (lambda: O.adafactor(state_dtype="8bit"), "keeps none"),
+        # ASGD's average and Rprop's previous gradient and step sizes are not moments.
+        (lambda: O.asgd(state_dtype="8bit"), "keeps none"),
+        (lambda: O.rprop(state_dtype="8bit"), "keeps none"),
         (lambda: O.adafactor(state_dtype={"row_var": "8bit"}), "not a moment"),
     ],
 )
