@@ -27,6 +27,7 @@ TABLES = {
     "schedules": "schedule_cases",
     "optimizers": "optimizer_cases",
     "more_optimizers": "more_optimizer_cases",
+    "schedule_free": "schedule_free_cases",
 }
 
 
