@@ -34,7 +34,7 @@ from ._groups import pick
 from ._hyperparams import _INNER
 from ._leaf import torch_lerp
 from ._optimizer import Optimizer
-from ._trees import path_str
+from ._trees import is_traced, path_str
 
 __all__ = [
     "ScheduleFreeAdamWState",
@@ -286,8 +286,12 @@ class schedule_free_sgd(_ScheduleFree):
 
     The evaluation point is :math:`x = (y - (1 - \\mu) z) / \\mu`
     (`schedule_free_eval_params`). optax's ``contrib.schedule_free_sgd`` has
-    the warmup trap described in `schedule_free_adamw` (its first update is
-    zero) and no `r`.
+    no `r` and the warmup trap described in `schedule_free_adamw`: on the
+    same problem (float64, lr 0.05, 150 updates) it is 2.2e-15 of the
+    largest parameter away without warmup; with ``warmup_steps=8``
+    (momentum 0.8, weight decay 0.01) its first update is 0, and at update
+    12 it is 13% of the distance schedulefree's parameters have travelled
+    away from them (11% of the largest parameter).
 
     Args:
         lr: learning rate (>= 0).
@@ -380,6 +384,14 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
         >>> print(params, O.schedule_free_eval_params(state, params))
         [ 0.94  -1.155] [ 0.94 -1.13]
     """
+    if is_traced((state, params)):
+        return _eval_params(state, params)
+    # Called eagerly: one compiled program instead of a dispatch (and a
+    # compilation, the first time) per operation and leaf.
+    return _compiled_eval_params(state, params)
+
+
+def _eval_params(state: Any, params: Any) -> Any:
     owner = "schedule_free_eval_params"
     found = list(_find(state))
     if not found:
@@ -404,6 +416,9 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
             beta = pick(betas, name) if isinstance(betas, dict) else betas
             leaves[i] = _average(leaves[i], z, beta)
     return treedef.unflatten(leaves)
+
+
+_compiled_eval_params = jax.jit(_eval_params)
 
 
 def _average(y: Any, z: jax.Array, beta: jax.Array) -> jax.Array:

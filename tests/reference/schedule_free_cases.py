@@ -107,6 +107,11 @@ def _cases() -> list[Case]:
         ),
         Case("sgd_lr0.05", lambda: O.schedule_free_sgd(0.05), (SGD, dict(lr=0.05))),
         Case(
+            "sgd_warmup_wd",
+            lambda: O.schedule_free_sgd(0.05, momentum=0.8, weight_decay=0.01, warmup_steps=8),
+            (SGD, dict(lr=0.05, momentum=0.8, weight_decay=0.01, warmup_steps=8)),
+        ),
+        Case(
             "sgd_warmup_wd_r",
             lambda: O.schedule_free_sgd(
                 0.05, momentum=0.8, weight_decay=0.01, warmup_steps=8, r=0.5, weight_lr_power=0.0
