@@ -39,6 +39,7 @@ NAMES = (
     "nadam",
     "adafactor",
     "muon",
+    "schedule_free_adamw",
 )
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 

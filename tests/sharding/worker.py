@@ -56,6 +56,7 @@ OPTIMIZERS = {
     "chain": O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2, weight_decay=0.1)),
     "nadam": O.nadam(1e-2, weight_decay=0.1, decoupled_weight_decay=True),
     "adafactor": O.adafactor(1e-2, weight_decay=0.1),
+    "schedule_free_adamw": O.schedule_free_adamw(1e-2, weight_decay=0.1, warmup_steps=2),
 }
 
 # Muon takes 2-D leaves only: it is checked on the two matrices.
