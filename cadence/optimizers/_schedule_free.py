@@ -30,11 +30,11 @@ from ._base import (
     is_zero,
     transformation_type,
 )
-from ._groups import pick
+from ._groups import leaf_paths, pick
 from ._hyperparams import _INNER
 from ._leaf import torch_lerp
 from ._optimizer import Optimizer
-from ._trees import is_traced, path_str
+from ._trees import is_traced
 
 __all__ = [
     "ScheduleFreeAdamWState",
@@ -398,14 +398,13 @@ def _eval_params(state: Any, params: Any) -> Any:
         raise ValueError(
             f"{owner}: the state holds no schedule_free_adamw or schedule_free_sgd state"
         )
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    index = {path_str(path): i for i, (path, _) in enumerate(flat)}
-    leaves = [leaf for _, leaf in flat]
+    leaves, treedef = jax.tree.flatten(params)
+    # Matched by path (a `partition` holds its leaves' z as {path: array}),
+    # without the key of a flax Variable holding a leaf, as groups match.
+    index = {name: i for i, name in enumerate(leaf_paths(params))}
     for sf in found:
         betas = sf.hyperparams[sf.interpolation]
-        for path, z in jax.tree_util.tree_flatten_with_path(sf.z)[0]:
-            # By path: a `partition` holds its leaves' z as {path: array}.
-            name = path_str(path)
+        for name, z in zip(leaf_paths(sf.z), jax.tree.leaves(sf.z), strict=True):
             if name not in index or jnp.shape(z) != jnp.shape(leaves[index[name]]):
                 raise ValueError(
                     f"{owner}: the state's z at {name!r} has no parameter of its shape in "

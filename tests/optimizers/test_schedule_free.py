@@ -330,6 +330,29 @@ def test_eval_params_use_the_last_updates_scheduled_value():
     )
 
 
+def test_eval_params_of_a_flax_nnx_optimizer_use_each_groups_value():
+    # nnx.Optimizer keeps z in Variables, whose own key is not part of the
+    # path the groups match ("hidden/bias", not "hidden/bias/value").
+    nnx = pytest.importorskip("flax.nnx")
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    tx = O.schedule_free_adamw(0.1, groups={"bias": {"b1": 0.5}})
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jnp.ones((4, 3))
+
+    @nnx.jit
+    def train_step(model, optimizer):
+        optimizer.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+
+    for _ in range(3):
+        train_step(model, optimizer)
+    params = nnx.state(model, nnx.Param)
+    out = O.schedule_free_eval_params(optimizer.opt_state, params)
+    z = optimizer.opt_state.z
+    for name, beta in (("bias", 0.5), ("kernel", 0.9)):
+        y, zv = params[name].get_value(), z[name].get_value()
+        np.testing.assert_allclose(out[name].get_value(), _expected(y, zv, beta), rtol=1e-5)
+
+
 def test_eval_params_under_jit_and_in_float64(x64):
     opt = O.schedule_free_adamw(0.1)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), P0)
