@@ -18,10 +18,16 @@ Example:
 """
 
 from ._adafactor import adafactor as adafactor
+from ._adopt import adopt as adopt
+from ._average import average as average
+from ._average import lookahead as lookahead
+from ._averaged import averaged_params as averaged_params
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
+from ._lamb import lamb as lamb
+from ._lars import lars as lars
 from ._muon import muon as muon
 from ._nadam import nadam as nadam
 from ._optimizer import Optimizer as Optimizer
@@ -37,6 +43,9 @@ from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
 from ._partition import partition as partition
 from ._partition import rules as rules
+from ._precision import loss_scale as loss_scale
+from ._precision import master_weights as master_weights
+from ._precision import scale_loss as scale_loss
 from ._schedule_free import schedule_free_adamw as schedule_free_adamw
 from ._schedule_free import schedule_free_eval_params as schedule_free_eval_params
 from ._schedule_free import schedule_free_sgd as schedule_free_sgd

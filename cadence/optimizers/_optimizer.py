@@ -3,7 +3,8 @@
 A concrete optimizer is a rule: the per-leaf buffers it keeps (any shape
 decided from the parameter's), scalar state shared by a group's leaves, a
 per-group scalar step (`scalars`: bias corrections and the like, computed
-once per group from the hyperparameters and the count) and a per-leaf
+once per group from the hyperparameters and the count; `global_scalars`,
+reduced over every gradient leaf, such as LAMB's global norm) and a per-leaf
 `kernel` of (param, grad, buffers, scalars), elementwise or whole-leaf.
 `optimizer_type`, `hyper` and `flag` are the public building blocks, and
 `optimizers()` the registry.
@@ -41,6 +42,7 @@ from ._base import (
     Transformation,
     as_float,
     check_tree,
+    compute_dtype,
     dtype_of,
     field,
     hyper_fields,
@@ -138,6 +140,25 @@ class Optimizer(Transformation):
         """
         del owner, path, leaf
 
+    def global_scalars(self, grads: list[jax.Array]) -> dict[str, jax.Array]:
+        """Scalars computed from every gradient leaf at once, given to every group's kernel.
+
+        For a rule that reduces over all gradients before its per-leaf step
+        (LAMB's global gradient-norm clipping). `grads` are the flat leaves of
+        every group, as the kernels will read them (a clipping coefficient
+        that `chain` defers to `step` already multiplied in).
+        """
+        del grads
+        return {}
+
+    def needs_params(self) -> str:
+        """Why the kernel reads every parameter whatever the decay ("" when it does not).
+
+        A trust ratio with ``always_adapt`` reads the parameter's norm: the
+        answer completes "params are required ...".
+        """
+        return ""
+
     def init_shared(self, hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """The initial value of each `shared` scalar for a group with hyperparameters `hp`."""
         del hp
@@ -198,7 +219,7 @@ class Optimizer(Transformation):
             for _, group in self.groups.items():
                 merged = defaults | group
                 out.append(any(not is_zero(merged[n]) for n in names))
-        return out
+        return [True] * len(out) if self.needs_params() else out
 
     def _buffer_names(self) -> tuple[str, ...]:
         fixed = ("count", "hyperparams", *self.shared)
@@ -338,12 +359,18 @@ class Optimizer(Transformation):
             raise ValueError(
                 f"{owner}: params are required when {' or '.join(self._decay_names())} is not 0"
             )
+        elif self.needs_params():
+            raise ValueError(f"{owner}: params are required {self.needs_params()}")
         values = group_values(self._defaults(), self.groups, state.count)
         shared = [
             self.advance(v, state.count, {n: getattr(state, n)[i] for n in self.shared})
             for i, v in enumerate(values)
         ]
         gleaves, treedef = jax.tree.flatten(grads)
+        rescale = None
+        if type(self).global_scalars is not Optimizer.global_scalars:
+            rescale = functools.partial(_global_after_scale, self, gleaves)
+        overall = self.global_scalars(gleaves)
         return _Run(
             grads=gleaves,
             params=(treedef.flatten_up_to(params) if params is not None else [None] * len(gleaves)),
@@ -352,14 +379,23 @@ class Optimizer(Transformation):
             index=assign(owner, self.groups, grads),
             values=values,
             scalars=[
-                self.scalars(v | sh, state.count) for v, sh in zip(values, shared, strict=True)
+                self.scalars(v | sh, state.count) | overall
+                for v, sh in zip(values, shared, strict=True)
             ],
             shared={n: tuple(sh[n] for sh in shared) for n in self.shared},
             decays=self._decays(),
             treedef=treedef,
             traced=is_traced(gleaves),
             groups=self.groups,
+            rescale=rescale,
         )
+
+
+def _global_after_scale(opt: Optimizer, grads: list[Any], scale: jax.Array) -> dict[str, Any]:
+    """`Optimizer.global_scalars` of ``grads * scale``, rounded as each kernel reads them."""
+    grads = [jnp.asarray(g) for g in grads]
+    scaled = [(g.astype(compute_dtype(g.dtype)) * scale).astype(g.dtype) for g in grads]
+    return opt.global_scalars(scaled)
 
 
 @dataclasses.dataclass
@@ -378,6 +414,8 @@ class _Run:
     treedef: Any
     traced: bool
     groups: Groups | None
+    # `global_scalars` of the gradients times a deferred clipping coefficient.
+    rescale: Callable[[jax.Array], dict[str, Any]] | None = None
 
     def each(
         self, leaf: Callable[..., tuple[Any, dict]], args: Callable[[Any, Any, int], tuple]
@@ -403,7 +441,10 @@ class _Run:
 
     def scaled(self, scale: jax.Array | None) -> list[dict[str, jax.Array]]:
         """Each group's scalars, with a coefficient `chain` deferred from clip_by_global_norm."""
-        return self.scalars if scale is None else [s | {"grad_scale": scale} for s in self.scalars]
+        if scale is None:
+            return self.scalars
+        extra = {"grad_scale": scale} | (self.rescale(scale) if self.rescale else {})
+        return [s | extra for s in self.scalars]
 
     def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
         return state._replace(

@@ -16,8 +16,11 @@ from .examples import OPTIMIZERS
 
 # Lion's parameter loop reads the old momentum while the momentum loop
 # overwrites it in place; XLA keeps the old value with a copy (optax's Lion
-# compiles to the same copy). Every other optimizer reads each buffer once.
-NO_COPY = sorted(set(OPTIMIZERS) - {"lion"})
+# compiles to the same copy). So do ADOPT's first-moment and parameter loops
+# with the old second moment (one copy of ``nu`` per leaf; `step`'s single
+# pass on CPU has none). Every other optimizer reads each buffer once.
+OLD_VALUE_READ = {"lion", "adopt", "adopt_decoupled"}
+NO_COPY = sorted(set(OPTIMIZERS) - OLD_VALUE_READ)
 
 # `%name = f32[256]{0} copy(...)`: an array-sized copy in the entry computation.
 _ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
@@ -26,12 +29,13 @@ _ARRAY_COPY = re.compile(r"= \w+\[\d[\d,]*\]\S* copy\(")
 # Weight decay added to the gradient that two loops then read (the buffer's
 # and the parameter's): XLA computes the decayed gradient once into a
 # temporary, as torch does (``grad = grad.add(param, alpha=weight_decay)``).
-DECAYED_GRADIENT_TEMPORARY = {"sgd_nesterov", "rmsprop_centered", "nadam"}
+# LARS's gradient scaled by its trust ratio is such a gradient too.
+DECAYED_GRADIENT_TEMPORARY = {"sgd_nesterov", "rmsprop_centered", "nadam", "lars", "lars_clip"}
 
 # A whole-leaf update: Adafactor scales its update by the update's own RMS,
 # so the update exists whole before the parameter is written (torch
-# allocates it too).
-WHOLE_LEAF_TEMPORARY = {"adafactor"}
+# allocates it too); so does LAMB, by its trust ratio (the update's norm).
+WHOLE_LEAF_TEMPORARY = {"adafactor", "lamb", "lamb_groups"}
 
 # Schedule-free AdamW's normalized gradient, which z's loop and y's loop both
 # read: XLA computes it once into a temporary (torch allocates its

@@ -56,6 +56,9 @@ OPTIMIZERS = {
     "chain": O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2, weight_decay=0.1)),
     "nadam": O.nadam(1e-2, weight_decay=0.1, decoupled_weight_decay=True),
     "adafactor": O.adafactor(1e-2, weight_decay=0.1),
+    "adopt": O.adopt(1e-2, weight_decay=0.1, decoupled=True),
+    "lamb": O.lamb(1e-2, weight_decay=0.1),
+    "lars": O.lars(0.1, momentum=0.9, weight_decay=0.1, trust_coeff=0.01),
     "schedule_free_adamw": O.schedule_free_adamw(1e-2, weight_decay=0.1, warmup_steps=2),
 }
 
