@@ -19,6 +19,7 @@ Example:
 
 from ._adafactor import adafactor as adafactor
 from ._adopt import adopt as adopt
+from ._asgd import asgd as asgd
 from ._average import average as average
 from ._average import lookahead as lookahead
 from ._averaged import averaged_params as averaged_params
@@ -41,11 +42,13 @@ from ._optimizers import adamw as adamw
 from ._optimizers import lion as lion
 from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
+from ._param_groups import add_param_group as add_param_group
 from ._partition import partition as partition
 from ._partition import rules as rules
 from ._precision import loss_scale as loss_scale
 from ._precision import master_weights as master_weights
 from ._precision import scale_loss as scale_loss
+from ._rprop import rprop as rprop
 from ._schedule_free import schedule_free_adamw as schedule_free_adamw
 from ._schedule_free import schedule_free_eval_params as schedule_free_eval_params
 from ._schedule_free import schedule_free_sgd as schedule_free_sgd

@@ -1,99 +1,106 @@
-"""`averaged_params(state)`: the averaged parameters an optimizer state keeps.
+"""`averaged_params(state)`: the averaged parameters an optimizer keeps (`average`, ASGD's ``ax``).
 
-One walk through the wrappers (`chain`, `accumulate`, `skip_nonfinite`,
-`reduce_on_plateau`, `lookahead`, `partition`, optax's `chain`, `MultiSteps`
-and `inject_hyperparams`) finds the states that average the parameters, and
-a rule per state type reads their average out.
+One walk through the wrappers' states (the fields `hyperparams` looks
+through) and, per state type that averages, a rule giving its averaged
+parameters (`RULES`): a new averaging state is one more entry there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._asgd import ASGDState
 from ._average import AverageState
+from ._flatten import FlattenState
 from ._trees import Leaves
 
 __all__ = ["averaged_params"]
 
-# Fields through which a state holds another transformation's state (as in
-# `hyperparams`): ours, optax's inject_hyperparams and MultiSteps.
-_INNER = ("inner", "inner_state", "inner_opt_state")
+# State type -> its averaged parameters, a tree shaped like the parameters.
+RULES: dict[type, Callable[[Any], Any]] = {
+    ASGDState: lambda state: state.ax,
+    AverageState: lambda state: state.averaged,
+}
+
+# Fields through which a state holds another transformation's state: ours
+# (`inner`), optax's inject_hyperparams (`inner_state`) and MultiSteps
+# (`inner_opt_state`); a dict there (or in multi_transform's `inner_states`)
+# holds one state per label.
+_INNER = ("inner", "inner_state", "inner_opt_state", "inner_states")
 
 
 def averaged_params(state: Any) -> Any:
-    """The averaged parameters kept in an optimizer state, a tree like the parameters.
+    """The averaged parameters in an optimizer state.
 
     For `average`: its EMA or SWA mean (the parameters at init until the
-    first averaging), in the parameters' dtypes. The walk looks through
-    chains and wrappers and stops at the outermost average. Inside
-    `partition`, where each transformation sees only its own leaves, every
-    label must average and the result is a `Leaves` mapping from each
-    parameter's path to its average. Works inside `jit`.
+    first averaging), in the parameters' dtypes; for `asgd`: torch.optim.ASGD's
+    ``ax``.
 
-    Args:
-        state: an optimizer state.
-
-    Returns:
-        The averaged parameters.
+    Looks through `chain`, `accumulate`, `skip_nonfinite`, `reduce_on_plateau`, `lookahead`,
+    `partition` and optax's `chain`, `MultiSteps` and `inject_hyperparams`.
+    The result is shaped like the parameters; under `partition`, it is a
+    `Leaves` dict ``{path: averaged leaf}`` of the parameters whose
+    transformations average (merged when several do). The arrays are those
+    in the state, so this works inside `jit`.
 
     Raises:
-        ValueError: if the state holds no average, or two side by side.
+        ValueError: if no transformation in the state averages the
+            parameters, two do over the same parameters, or the state is
+            `flatten`'s (its buffers are packed vectors).
 
     Example:
         >>> import jax.numpy as jnp
         >>> from cadence import optimizers as O
-        >>> opt = O.chain(O.clip_by_global_norm(1.0), O.average(O.adamw(0.1), decay=0.9))
-        >>> params = {"w": jnp.ones(2)}
+        >>> opt = O.chain(O.clip_by_global_norm(1.0), O.asgd(0.1, lambd=0.0, t0=0.0))
+        >>> params = {"w": jnp.array([1.0])}
         >>> state = opt.init(params)
-        >>> O.averaged_params(state)["w"]
-        Array([1., 1.], dtype=float32)
+        >>> for _ in range(3):
+        ...     updates, state = opt.update({"w": jnp.array([1.0])}, state, params)
+        ...     params = {"w": params["w"] + updates["w"]}
+        >>> params["w"].round(4), O.averaged_params(state)["w"].round(4)
+        (Array([0.7], dtype=float32), Array([0.75], dtype=float32))
     """
-    found = _find(state)
-    if found is None:
+    found = list(_find(state))
+    if not found:
         raise ValueError(
-            "averaged_params: this state holds no averaged parameters; build the optimizer "
-            "with O.average(opt, ...)"
+            "averaged_params: no transformation in this state averages the parameters; "
+            "build the optimizer with O.average(opt, ...) (or use O.asgd)"
         )
-    return found
+    if len(found) == 1:
+        return found[0]
+    if all(isinstance(f, Leaves) for f in found):
+        merged = Leaves()
+        for f in found:
+            if set(f) & set(merged):
+                break
+            merged.update(f)
+        else:
+            return merged
+    raise ValueError(
+        "averaged_params: several transformations in this state average the same "
+        "parameters; read each one's state"
+    )
 
 
-def _rule(state: Any) -> Any:
-    """The averaged parameters of a state that averages, else None."""
-    if isinstance(state, AverageState):
-        return state.averaged
-    return None
-
-
-def _find(state: Any) -> Any:
-    own = _rule(state)
-    if own is not None:
-        return own
-    if isinstance(state, tuple) and hasattr(state, "_fields"):
+def _find(state: Any) -> Iterator[Any]:
+    """Each averaging state's averaged parameters, outermost first (it stops there)."""
+    rule = RULES.get(type(state))
+    if isinstance(state, FlattenState):
+        raise ValueError(
+            "averaged_params: this state is flatten's, which packs the averaged parameters "
+            "into one vector per dtype; average without flatten"
+        )
+    if rule is not None:
+        yield rule(state)
+    elif isinstance(state, tuple) and hasattr(state, "_fields"):
         for name in _INNER:
             inner = getattr(state, name, None)
-            if isinstance(inner, dict):  # by label: O.partition
-                return _by_label(inner)
-            if name in state._fields:
-                return _find(inner)
-        return None
-    if isinstance(state, (tuple, list)):  # a chain's states
-        hits = [h for h in map(_find, state) if h is not None]
-        if len(hits) > 1:
-            raise ValueError(
-                "averaged_params: two transformations in this chain average the parameters"
-            )
-        return hits[0] if hits else None
-    return None
-
-
-def _by_label(states: dict[str, Any]) -> Any:
-    hits = {label: _find(s) for label, s in states.items()}
-    if all(h is None for h in hits.values()):
-        return None
-    missing = sorted(label for label, h in hits.items() if h is None)
-    if missing:
-        raise ValueError(
-            f"averaged_params: the partition's labels {missing} keep no average, so their "
-            "parameters have none; wrap the whole partition in O.average(...) instead"
-        )
-    return Leaves((path, x) for h in hits.values() for path, x in h.items())
+            if isinstance(inner, dict):  # by label: O.partition, optax.multi_transform
+                for s in inner.values():
+                    yield from _find(s)
+            elif name in state._fields:
+                yield from _find(inner)
+    elif isinstance(state, (tuple, list)):
+        for s in state:
+            yield from _find(s)

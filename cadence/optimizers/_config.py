@@ -102,7 +102,11 @@ def _field(value: Any, kind: str, path: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(g, dict) for g in value.values()):
             raise bad("a dict of dicts")
         return {
-            pattern: {k: _hyper_value(v, f"{path}[{pattern!r}][{k!r}]", bad) for k, v in g.items()}
+            pattern: {
+                # A bool is a group's flag (``own_step``): `Groups.build` checks its name.
+                k: v if isinstance(v, bool) else _hyper_value(v, f"{path}[{pattern!r}][{k!r}]", bad)
+                for k, v in g.items()
+            }
             for pattern, g in value.items()
         }
     if kind == B.INT:

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from ._groups import DEFAULT, Record, is_variable, pick
+from ._groups import DEFAULT, OWN_STEP, Record, is_variable, pick
 
 __all__ = ["hyperparams"]
 
@@ -122,6 +122,8 @@ def _collect(state: Any, out: dict[str, Any], path: str | None) -> None:
         _merge(own, {name: getattr(state, f) for name, f in fields.items()})
         recorded = getattr(state, "hyperparams", None)
         if isinstance(recorded, dict):
+            # Groups' step offsets (`add_param_group`) are state, not hyperparameters.
+            recorded = {k: v for k, v in recorded.items() if k != OWN_STEP}
             if path is not None:
                 recorded = {
                     k: pick(v, path) if isinstance(v, dict) else v for k, v in recorded.items()

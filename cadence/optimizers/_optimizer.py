@@ -53,7 +53,7 @@ from ._base import (
     transformation_type,
     zero_count,
 )
-from ._groups import Groups, assign, group_values, record
+from ._groups import Groups, assign, group_values, record, step_offsets, zero_offsets
 from ._leaf import leaf_step, leaf_update
 from ._trees import is_traced
 
@@ -252,7 +252,8 @@ class Optimizer(Transformation):
             fields[name] = treedef.unflatten(buffers)
         for name in self.shared:
             fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
-        return self.State(count=count, **fields, hyperparams=record(values, self.groups))
+        recorded = record(values, self.groups, zero_offsets(self.groups))
+        return self.State(count=count, **fields, hyperparams=recorded)
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         """The parameter deltas (``new_params = optax.apply_updates(params, deltas)``) and state.
@@ -362,8 +363,13 @@ class Optimizer(Transformation):
         elif self.needs_params():
             raise ValueError(f"{owner}: params are required {self.needs_params()}")
         values = group_values(self._defaults(), self.groups, state.count)
+        # The rule's step per group: the count, less the update at which a
+        # group with its own step joined (torch's per-parameter ``step``);
+        # schedules (`values`) keep the count.
+        offsets = step_offsets(owner, self.groups, state.hyperparams)
+        steps = [state.count - o for o in offsets] if offsets else [state.count] * len(values)
         shared = [
-            self.advance(v, state.count, {n: getattr(state, n)[i] for n in self.shared})
+            self.advance(v, steps[i], {n: getattr(state, n)[i] for n in self.shared})
             for i, v in enumerate(values)
         ]
         gleaves, treedef = jax.tree.flatten(grads)
@@ -379,8 +385,8 @@ class Optimizer(Transformation):
             index=assign(owner, self.groups, grads),
             values=values,
             scalars=[
-                self.scalars(v | sh, state.count) | overall
-                for v, sh in zip(values, shared, strict=True)
+                self.scalars(v | sh, t) | overall
+                for v, sh, t in zip(values, shared, steps, strict=True)
             ],
             shared={n: tuple(sh[n] for sh in shared) for n in self.shared},
             decays=self._decays(),
@@ -388,6 +394,7 @@ class Optimizer(Transformation):
             traced=is_traced(gleaves),
             groups=self.groups,
             rescale=rescale,
+            offsets=offsets,
         )
 
 
@@ -416,6 +423,7 @@ class _Run:
     groups: Groups | None
     # `global_scalars` of the gradients times a deferred clipping coefficient.
     rescale: Callable[[jax.Array], dict[str, Any]] | None = None
+    offsets: list[jax.Array] | None = None
 
     def each(
         self, leaf: Callable[..., tuple[Any, dict]], args: Callable[[Any, Any, int], tuple]
@@ -449,7 +457,7 @@ class _Run:
     def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
         return state._replace(
             count=increment(state.count),
-            hyperparams=record(self.values, self.groups),
+            hyperparams=record(self.values, self.groups, self.offsets),
             **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )

@@ -29,6 +29,19 @@ OPTIMIZERS: dict[str, O.Transformation] = {
         groups={"*/b": {"b1": 0.5}},
     ),
     "adafactor": O.adafactor(S.cosine(0.05, 8), weight_decay=0.1, eps1=1e-6, d=3.0),
+    "asgd": O.asgd(0.05, lambd=1e-2, t0=2.0, weight_decay=0.01),
+    "asgd_groups": O.asgd(
+        S.cosine(0.05, 8), alpha=0.5, t0=0.0, groups={"*/b": {"lr": 0.01, "lambd": 0.0}}
+    ),
+    "rprop": O.rprop(0.05),
+    "rprop_groups": O.rprop(
+        S.cosine(0.05, 8),
+        eta_minus=0.3,
+        eta_plus=1.5,
+        min_step=1e-3,
+        max_step=0.1,
+        groups={"*/b": {"lr": 0.01, "max_step": 0.05}},
+    ),
     "adamw_groups": O.adamw(
         0.01, groups={"*/b": {"weight_decay": 0.0}, "encoder/**": {"lr": S.linear(1e-3, 0.0, 5)}}
     ),

@@ -165,7 +165,9 @@ def test_changing_a_number_does_not_recompile(name):
 
 @pytest.mark.parametrize("name", OPTS)
 def test_zero_gradient_without_weight_decay_leaves_params_unchanged(name):
-    opt = dataclasses.replace(OPTIMIZERS[name], weight_decay=0.0)
+    opt = OPTIMIZERS[name]
+    # Every term that decays the parameters set to 0 (ASGD's lambd too; Rprop has none).
+    opt = dataclasses.replace(opt, **{n: 0.0 for n in ("weight_decay", "lambd") if hasattr(opt, n)})
     p = params()
     state = opt.init(p)
     zeros = jax.tree.map(jnp.zeros_like, p)

@@ -30,6 +30,7 @@ TABLES = {
     "loss_scale": "loss_scale_cases",
     "timm_optim": "timm_optim_cases",
     "averaging": "averaging_cases",
+    "asgd_rprop": "asgd_rprop_cases",
     "schedule_free": "schedule_free_cases",
 }
 

@@ -42,6 +42,8 @@ NAMES = (
     "adopt",
     "lamb",
     "lars",
+    "asgd",
+    "rprop",
     "schedule_free_adamw",
 )
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "collective-permute")
