@@ -34,7 +34,7 @@ from ._groups import leaf_paths, pick
 from ._hyperparams import _INNER
 from ._leaf import torch_lerp
 from ._optimizer import Optimizer
-from ._trees import is_traced
+from ._trees import Leaves, is_traced
 
 __all__ = [
     "ScheduleFreeAdamWState",
@@ -359,8 +359,9 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
     (``momentum`` for `schedule_free_sgd`), with each parameter group's
     value of the last update. The schedule-free state is found through
     `chain`, `accumulate`, `skip_nonfinite`, `partition` (the leaves of its
-    other transformations are returned as they are) and optax's `chain`
-    and `MultiSteps`.
+    other transformations are returned as they are), `master_weights` (x
+    from its float32 copy, rounded to the parameter's dtype) and optax's
+    `chain` and `MultiSteps`.
     Before the first update x is y. It works inside `jit`.
 
     Args:
@@ -396,7 +397,7 @@ def schedule_free_eval_params(state: Any, params: Any) -> Any:
 
 def _eval_params(state: Any, params: Any) -> Any:
     owner = "schedule_free_eval_params"
-    found = list(_find(state))
+    found = list(_find(state, {}))
     if not found:
         raise ValueError(
             f"{owner}: the state holds no schedule_free_adamw or schedule_free_sgd state"
@@ -405,7 +406,7 @@ def _eval_params(state: Any, params: Any) -> Any:
     # Matched by path (a `partition` holds its leaves' z as {path: array}),
     # without the key of a flax Variable holding a leaf, as groups match.
     index = {name: i for i, name in enumerate(leaf_paths(params))}
-    for sf in found:
+    for sf, master in found:
         betas = sf.hyperparams[sf.interpolation]
         for name, z in zip(leaf_paths(sf.z), jax.tree.leaves(sf.z), strict=True):
             if name not in index or jnp.shape(z) != jnp.shape(leaves[index[name]]):
@@ -416,7 +417,10 @@ def _eval_params(state: Any, params: Any) -> Any:
                 )
             i = index[name]
             beta = pick(betas, name) if isinstance(betas, dict) else betas
-            leaves[i] = _average(leaves[i], z, beta)
+            # Under `master_weights` y is the wide copy the optimizer stepped
+            # on (the parameters are its rounding).
+            y = master.get(name, leaves[i])
+            leaves[i] = _average(y, z, beta).astype(dtype_of(leaves[i]))
     return treedef.unflatten(leaves)
 
 
@@ -430,17 +434,24 @@ def _average(y: Any, z: jax.Array, beta: jax.Array) -> jax.Array:
     return torch_lerp(jnp.asarray(y, math), z.astype(math), 1 - 1 / beta).astype(dtype)
 
 
-def _find(state: Any) -> Iterator[Any]:
-    """The schedule-free states in `state`, through wrappers, chains and partitions."""
+def _find(state: Any, master: dict[str, Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """The schedule-free states in `state`, through wrappers, chains and partitions.
+
+    Each comes with the wide copies of the parameters that a `master_weights`
+    around it keeps (by path; empty without one).
+    """
     if isinstance(state, _STATES):
-        yield state
+        yield state, master
     elif isinstance(state, tuple) and hasattr(state, "_fields"):
+        copies = getattr(state, "master", None)
+        if isinstance(copies, Leaves):
+            master = master | copies
         for name in (*_INNER, "inner_states"):
             if name in state._fields:
-                yield from _find(getattr(state, name))
+                yield from _find(getattr(state, name), master)
     elif isinstance(state, dict):
         for inner in state.values():
-            yield from _find(inner)
+            yield from _find(inner, master)
     elif isinstance(state, (tuple, list)):
         for inner in state:
-            yield from _find(inner)
+            yield from _find(inner, master)

@@ -330,6 +330,25 @@ def test_eval_params_use_the_last_updates_scheduled_value():
     )
 
 
+def test_eval_params_under_master_weights_start_from_the_wide_copy():
+    # bfloat16 parameters are the rounding of the float32 y the optimizer
+    # steps on: x comes from that y, then rounds once.
+    opt = O.master_weights(O.schedule_free_adamw(0.1, b1=0.8))
+    p16 = jax.tree.map(lambda p: p.astype(jnp.bfloat16), P0)
+    params, state = p16, opt.init(p16)
+    for k in range(4):
+        g = jax.tree.map(lambda g: g.astype(jnp.bfloat16), _grads(k))
+        updates, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    out = O.schedule_free_eval_params(state, params)
+    z, wide = state.inner.z, state.master
+    for outer, inner in (("encoder", "w"), ("encoder", "b"), ("head", "w")):
+        name = f"{outer}/{inner}"
+        expected = _expected(wide[name], z[outer][inner], 0.8).astype(np.float32)
+        assert out[outer][inner].dtype == jnp.bfloat16
+        np.testing.assert_array_equal(out[outer][inner], jnp.asarray(expected, jnp.bfloat16))
+
+
 def test_eval_params_of_a_flax_nnx_optimizer_use_each_groups_value():
     # nnx.Optimizer keeps z in Variables, whose own key is not part of the
     # path the groups match ("hidden/bias", not "hidden/bias/value").
