@@ -55,6 +55,7 @@ from ._base import (
 )
 from ._groups import Groups, assign, group_values, record, step_offsets, zero_offsets
 from ._leaf import leaf_step, leaf_update
+from ._state_dtype import check_state_dtype, codes_view, init_stored, is_special
 from ._trees import is_traced
 
 __all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
@@ -98,11 +99,21 @@ class Optimizer(Transformation):
     # `step` is never traced for a generated loop. (A kernel that is not
     # elementwise gets no loop either way: the generator refuses it.)
     elementwise: ClassVar[bool] = True
+    # The buffers that ``state_dtype="8bit"`` stores blockwise-quantized, each
+    # with the bitsandbytes map it uses: "signed" for a moment of either sign
+    # (a first moment, a momentum), "unsigned" for a non-negative one (a
+    # second moment, a sum of squares). A rule without any refuses "8bit".
+    eight_bit: ClassVar[dict[str, str]] = {}
 
-    state_dtype: str | None
+    state_dtype: Any
     groups: Groups | None
 
     def __post_init__(self) -> None:
+        # "8bit" and a dict by buffer are validated against the rule's
+        # buffers below; the field kind's own check takes plain dtypes only.
+        special = self.state_dtype if is_special(self.state_dtype) else None
+        if special is not None:
+            set_field(self, "state_dtype", None)
         super().__post_init__()
         groups = self.groups
         if isinstance(groups, Mapping):
@@ -113,6 +124,8 @@ class Optimizer(Transformation):
             set_field(self, "groups", groups)
         elif not isinstance(groups, (Groups, type(None))):
             raise TypeError(f"{type(self).__name__}: groups must be a dict, got {groups!r}")
+        if special is not None:
+            set_field(self, "state_dtype", check_state_dtype(self, special))
 
     # ---------------------------------------------------------------- contract
 
@@ -182,7 +195,8 @@ class Optimizer(Transformation):
         """One leaf's update and new buffers; `p` is None when no decay applies.
 
         Each new buffer passes through ``keep(name, x)`` before the update uses
-        it: the value as it will be stored. ``s["param_dtype"]`` is the
+        it: the value as it will be stored (an 8-bit buffer: its float32 value
+        before quantization, as bitsandbytes). ``s["param_dtype"]`` is the
         parameter's dtype (`p` and `g` arrive in the compute dtype).
         """
         raise NotImplementedError
@@ -247,8 +261,8 @@ class Optimizer(Transformation):
         for name in self.buffers():
             buffers = []
             for p, i in zip(leaves, index, strict=True):
-                dtype = self.state_dtype or dtype_of(p)
-                buffers.append(self.init_buffer(name, jnp.shape(p), dtype, values[i]))
+                shape, dtype = jnp.shape(p), dtype_of(p)
+                buffers.append(init_stored(self, name, shape, dtype, values[i]))
             fields[name] = treedef.unflatten(buffers)
         for name in self.shared:
             fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
@@ -353,7 +367,7 @@ class Optimizer(Transformation):
         for name in present:
             # A reduced buffer (a factored moment) is checked by paths only.
             shapes = name not in self.reduced
-            check_tree(owner, grads, getattr(state, name), "the state", shapes=shapes)
+            check_tree(owner, grads, codes_view(getattr(state, name)), "the state", shapes=shapes)
         if params is not None:
             check_tree(owner, grads, params, "params")
         elif any(self._nonzero(n) for n in self._decay_names()):

@@ -216,14 +216,15 @@ def test_update_needs_params_and_matching_grads(opt):
 
 
 def test_averaged_params_says_what_is_missing():
-    with pytest.raises(ValueError, match="no averaged parameters"):
+    with pytest.raises(ValueError, match="no transformation in this state averages"):
         O.averaged_params(O.adam(0.1).init(jnp.zeros(2)))
     both = O.chain(O.average(O.sgd(0.1)), O.average(O.sgd(0.1)))
-    with pytest.raises(ValueError, match="two transformations"):
+    with pytest.raises(ValueError, match="several transformations"):
         O.averaged_params(both.init(jnp.zeros(2)))
+    # Under partition: the averaged leaves by path, those of the labels that average.
     half = O.partition({"a": O.average(O.sgd(0.1)), "b": O.sgd(0.1)}, O.rules(("a", "w"), ("b",)))
-    with pytest.raises(ValueError, match=r"\['b'\]"):
-        O.averaged_params(half.init({"w": jnp.zeros(2), "v": jnp.zeros(1)}))
+    found = O.averaged_params(half.init({"w": jnp.zeros(2), "v": jnp.zeros(1)}))
+    assert sorted(found) == ["w"]
 
 
 # ------------------------------------------------------------------------- composition

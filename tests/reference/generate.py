@@ -31,6 +31,7 @@ TABLES = {
     "timm_optim": "timm_optim_cases",
     "averaging": "averaging_cases",
     "asgd_rprop": "asgd_rprop_cases",
+    "eight_bit": "eight_bit_cases",
     "schedule_free": "schedule_free_cases",
 }
 
