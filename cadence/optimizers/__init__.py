@@ -53,6 +53,9 @@ from ._precision import master_weights as master_weights
 from ._precision import scale_loss as scale_loss
 from ._radam import radam as radam
 from ._rprop import rprop as rprop
+from ._schedule_free import schedule_free_adamw as schedule_free_adamw
+from ._schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from ._schedule_free import schedule_free_sgd as schedule_free_sgd
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain
 from ._transforms import clip_by_global_norm as clip_by_global_norm

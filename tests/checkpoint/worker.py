@@ -35,6 +35,10 @@ OPTIMIZERS = {
     "adafactor": O.adafactor(SCHEDULE, weight_decay=0.1),
     # Scalar state per group (eta, mu) and the average switched on mid-way.
     "asgd": O.asgd(SCHEDULE, t0=3.0, groups={"b": {"lambd": 0.0}}),
+    # z, and per group lr_max and weight_sum (schedule-free's averaging weights).
+    "schedule_free": O.schedule_free_adamw(
+        5e-2, weight_decay=0.1, warmup_steps=3, groups={"b": {"b1": 0.5}}
+    ),
 }
 
 

@@ -90,6 +90,15 @@ OPTIMIZERS: dict[str, O.Transformation] = {
         alpha=S.linear(0.0, 5.0, 8),
         groups={"*/b": {"weight_decay": 0.0, "b3": 0.99}},
     ),
+    "schedule_free_adamw": O.schedule_free_adamw(0.01, weight_decay=0.01, warmup_steps=3, r=0.5),
+    "schedule_free_adamw_groups": O.schedule_free_adamw(
+        S.cosine(0.01, 8),
+        weight_decay=0.1,
+        groups={"*/b": {"b1": 0.5, "weight_decay": 0.0}, "head/**": {"r": 1.0}},
+    ),
+    "schedule_free_sgd": O.schedule_free_sgd(
+        0.1, momentum=0.8, weight_decay=0.01, warmup_steps=2, weight_lr_power=1.0
+    ),
 }
 
 # Muon takes 2-D leaves only, so it is not among `OPTIMIZERS` (whose example

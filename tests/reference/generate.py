@@ -33,6 +33,7 @@ TABLES = {
     "asgd_rprop": "asgd_rprop_cases",
     "eight_bit": "eight_bit_cases",
     "adaptive": "adaptive_cases",
+    "schedule_free": "schedule_free_cases",
 }
 
 

@@ -44,6 +44,7 @@ NAMES = (
     "lars",
     "asgd",
     "rprop",
+    "schedule_free_adamw",
 )
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 

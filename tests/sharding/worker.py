@@ -61,6 +61,7 @@ OPTIMIZERS = {
     "lars": O.lars(0.1, momentum=0.9, weight_decay=0.1, trust_coeff=0.01),
     "asgd": O.asgd(1e-2, lambd=1e-2, t0=2.0, weight_decay=0.1),
     "rprop": O.rprop(1e-2),
+    "schedule_free_adamw": O.schedule_free_adamw(1e-2, weight_decay=0.1, warmup_steps=2),
 }
 
 # Muon takes 2-D leaves only: it is checked on the two matrices.
