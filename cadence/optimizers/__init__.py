@@ -22,6 +22,7 @@ from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
+from ._lbfgs import lbfgs as lbfgs
 from ._muon import muon as muon
 from ._nadam import nadam as nadam
 from ._optimizer import Optimizer as Optimizer

@@ -27,6 +27,7 @@ TABLES = {
     "schedules": "schedule_cases",
     "optimizers": "optimizer_cases",
     "more_optimizers": "more_optimizer_cases",
+    "lbfgs": "lbfgs_cases",
 }
 
 
