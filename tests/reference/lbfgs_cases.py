@@ -74,7 +74,7 @@ def loss(problem: str, p: dict[str, Any], x: Any, y: Any, xp: Any) -> Any:
         z = xp.concatenate([p["a"], p["b"]])
         return (100 * (z[1:] - z[:-1] ** 2) ** 2 + (1 - z[:-1]) ** 2).sum()
     if problem == "lsq":
-        return ((x @ p["w"] + p["c"] - y) ** 2).sum() / (2 * SAMPLES)
+        return ((x @ p["w"] + p["c"][None, :] - y) ** 2).sum() / (2 * SAMPLES)
     margin = y * (x @ p["w"] + p["c"])
     return xp.logaddexp(0 * margin, -margin).mean() + 0.5e-2 * (p["w"] ** 2).sum()
 
