@@ -104,8 +104,10 @@ class lbfgs(Transformation):
     ``value_fn`` on as they pass ``value`` (`chain`, `accumulate`,
     `skip_nonfinite`, optax's chain and MultiSteps); a transformation before
     `lbfgs` in a chain changes only the first gradient, not the ones
-    ``value_fn`` gives. Inside `partition` it is refused: ``value_fn`` takes
-    the whole tree.
+    ``value_fn`` gives, and `reduce_on_plateau` scales the update `lbfgs`
+    returns, not the lr of its iterations as torch's scheduler does (give
+    `lr` a schedule instead). Inside `partition` it is refused: ``value_fn``
+    takes the whole tree.
 
     optax's ``lbfgs`` runs one iteration per update (its zoom line search
     picks the step), so an update there is one of the up to `max_iter`
