@@ -3,7 +3,9 @@
 Every case of `tests.reference.lbfgs_cases` runs several outer steps (one
 ``optimizer.step(closure)`` each); the parameters after each step agree to
 1e-10 of the largest parameter in float64 and 1e-5 in float32, and torch's
-``n_iter`` and ``func_evals`` exactly.
+``n_iter`` and ``func_evals`` exactly. Measured against torch 2.13 with
+``PYTHONPATH=. python tests/optimizers/test_lbfgs.py``: worst 2.9e-11 in
+float64 (rosenbrock_wolfe_history2), 6.8e-7 in float32 (rosenbrock_fixed).
 """
 
 from __future__ import annotations
@@ -320,3 +322,17 @@ def test_mixed_dtypes_promote_and_come_back_in_their_own():
 def test_options_dataclass_replace_keeps_validation():
     with pytest.raises(ValueError, match="history_size"):
         dataclasses.replace(O.lbfgs(), history_size=0)
+
+
+if __name__ == "__main__":
+    # The worst gap of each run against live torch, and per dtype:
+    # PYTHONPATH=. python tests/optimizers/test_lbfgs.py
+    worst = dict.fromkeys(C.DTYPES, 0.0)
+    for name, dtype in RUNS:
+        with jax.enable_x64(dtype == "float64"):
+            ours, ref = run_cadence(name, dtype), _reference(name, dtype)
+        error = relative_error(np.asarray(ours["params"]), np.asarray(ref["params"]))
+        counts = ours["n_iter"] == ref["n_iter"] and ours["func_evals"] == ref["func_evals"]
+        worst[dtype] = max(worst[dtype], error)
+        print(f"{name:28s} {dtype}  {error:.2g}  counts {'equal' if counts else 'DIFFER'}")
+    print("worst:", {d: f"{e:.2g}" for d, e in worst.items()})
