@@ -106,8 +106,10 @@ class lbfgs(Transformation):
     `lbfgs` in a chain changes only the first gradient, not the ones
     ``value_fn`` gives, and `reduce_on_plateau` scales the update `lbfgs`
     returns, not the lr of its iterations as torch's scheduler does (give
-    `lr` a schedule instead). Inside `partition` it is refused: ``value_fn``
-    takes the whole tree.
+    `lr` a schedule instead). It is a full-batch method: under `accumulate`
+    or MultiSteps it would see the mean gradient with the last micro-batch's
+    `value`, so give it the full batch's loss and gradient instead. Inside
+    `partition` it is refused: ``value_fn`` takes the whole tree.
 
     optax's ``lbfgs`` runs one iteration per update (its zoom line search
     picks the step), so an update there is one of the up to `max_iter`
