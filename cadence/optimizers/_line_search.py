@@ -168,18 +168,21 @@ def strong_wolfe(
         )
         stop = jnp.asarray(_FINISHED, jnp.int32)
         phase = jnp.where(onward, s.phase, jnp.where(wolfe, stop, _ZOOM))
-        keep = lambda old, new: jnp.where(onward, old, new)  # noqa: E731
+        # Onward, the point just evaluated becomes the previous one; else the
+        # bracket is set, and the previous point is no longer read.
+        onward_only = lambda old, new: jnp.where(onward, new, old)  # noqa: E731
+        bracketed = lambda old, new: jnp.where(onward, old, new)  # noqa: E731
         return s._replace(
             phase=phase.astype(jnp.int32),
             t=jnp.where(onward, t_next, s.t),
-            t_prev=keep(s.t_prev, s.t),
-            f_prev=keep(s.f_prev, f_new),
-            g_prev=keep(s.g_prev, g_new),
-            gtd_prev=keep(s.gtd_prev, gtd_new),
-            bracket=keep(s.bracket, bracket),
-            bracket_f=keep(s.bracket_f, bracket_f),
-            bracket_g=keep(s.bracket_g, bracket_g),
-            bracket_gtd=keep(s.bracket_gtd, bracket_gtd),
+            t_prev=onward_only(s.t_prev, s.t),
+            f_prev=onward_only(s.f_prev, f_new),
+            g_prev=onward_only(s.g_prev, g_new),
+            gtd_prev=onward_only(s.gtd_prev, gtd_new),
+            bracket=bracketed(s.bracket, bracket),
+            bracket_f=bracketed(s.bracket_f, bracket_f),
+            bracket_g=bracketed(s.bracket_g, bracket_g),
+            bracket_gtd=bracketed(s.bracket_gtd, bracket_gtd),
             # Entering the zoom: torch picks the low point once, before its loop.
             low=jnp.where(onward, s.low, jnp.where(bracket_f[0] <= bracket_f[1], 0, 1)).astype(
                 jnp.int32

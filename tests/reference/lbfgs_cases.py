@@ -140,6 +140,13 @@ CASES: dict[str, Case] = {
             {"line_search_fn": "strong_wolfe", "history_size": 2, "max_iter": 3},
             steps=3,
         ),
+        Case(
+            # Steps far too long: the zoom shrinks brackets from either side.
+            "rosenbrock_wolfe_lr10",
+            "rosenbrock",
+            {"line_search_fn": "strong_wolfe", "lr": 10.0},
+            steps_float32=0,
+        ),
         Case("rosenbrock_fixed", "rosenbrock", {"lr": 0.02, "history_size": 4, "max_iter": 10}),
         Case(
             # A quadratic: converges within a step; the change tolerances stop it.
@@ -149,11 +156,28 @@ CASES: dict[str, Case] = {
         ),
         Case("lsq_max_eval", "lsq", {"lr": 0.5, "max_iter": 10, "max_eval": 4}, steps=3),
         Case(
+            # Steps so small that max |t d| stops each update at once.
+            "lsq_fixed_tiny_steps",
+            "lsq",
+            {"lr": 1e-6, "tolerance_change": 1e-5, "max_iter": 5},
+            steps=2,
+        ),
+        Case(
             # Stops on tolerance_grad; the next steps return at once.
             "logistic_wolfe_tolerance",
             "logistic",
             {"line_search_fn": "strong_wolfe", "tolerance_grad": 1e-4, "max_iter": 50},
             steps=3,
+        ),
+        Case(
+            # Steps too short: the search extrapolates, and runs out of
+            # evaluations. Float64 only: over such short steps the loss is
+            # nearly linear, the cubic's discriminant is near 0, and float32
+            # rounding picks its midpoint or its bound (0.2 apart after a step).
+            "logistic_wolfe_short_steps",
+            "logistic",
+            {"line_search_fn": "strong_wolfe", "lr": 0.01, "max_iter": 10},
+            steps_float32=0,
         ),
         Case(
             # Few evaluations: the line search's budget (max_ls) runs out.
@@ -174,6 +198,63 @@ CASES: dict[str, Case] = {
 }
 
 DTYPES = ("float64", "float32")
+
+# --------------------------------------------------------------------------- line search
+
+# Direct calls of torch's ``_strong_wolfe`` on a wavy 2-D function from
+# random points along the steepest descent, with random first steps,
+# tolerances and budgets: they reach the branches that the runs above rarely
+# take (extrapolation, exhausted budgets, narrow brackets, zoom steps that
+# are moved off the bracket's ends). float64.
+TRIALS = 600
+
+
+def wavy(z: Any, xp: Any) -> Any:
+    return (z**4 - 3 * z**2 + 0.5 * z).sum() + xp.sin(3 * z[0]) + 2.0 * xp.sin(40 * z[1]) * z[0]
+
+
+def trials() -> list[tuple[np.ndarray, float, float, int]]:
+    """Each trial's start point, first step, tolerance_change and max_ls."""
+    rng = np.random.default_rng([SEED, 99])
+    out = []
+    for k in range(TRIALS):
+        x = rng.uniform(-2, 2, 2)
+        t = 10 ** rng.uniform(-3, 1.5)
+        out.append((x, float(t), [1e-9, 1e-2, 1.0][k % 3], [2, 4, 25, 25][(k // 3) % 4]))
+    return out
+
+
+def line_search_torch() -> dict[str, list]:
+    """torch's (f_new, t, ls_func_evals) for every trial."""
+    import torch
+    from torch.optim.lbfgs import _strong_wolfe
+
+    def value_and_grad(z: Any) -> tuple[float, Any]:
+        z = z.detach().requires_grad_(True)
+        value = wavy(z, torch)
+        value.backward()
+        return float(value.detach()), z.grad
+
+    out: dict[str, list] = {"f": [], "t": [], "evals": []}
+    for x, t, tolerance_change, max_ls in trials():
+        x = torch.tensor(x, dtype=torch.float64)
+        f, g = value_and_grad(x)
+        d = -g
+        f_new, _, t_new, evals = _strong_wolfe(
+            lambda x, step, d: value_and_grad(x[0] + step * d),
+            [x],
+            t,
+            d,
+            f,
+            g,
+            g.dot(d),
+            tolerance_change=tolerance_change,
+            max_ls=max_ls,
+        )
+        out["f"].append(float(f_new))
+        out["t"].append(float(t_new))
+        out["evals"].append(int(evals))
+    return out
 
 
 def run_torch(case: Case, dtype: str) -> dict[str, list]:
@@ -233,4 +314,5 @@ def generate() -> dict[str, Any]:
             "shapes": {p: {n: list(s) for n, s in v.items()} for p, v in SHAPES.items()},
         },
         "cases": table,
+        "line_search": line_search_torch(),
     }
