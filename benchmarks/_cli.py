@@ -172,10 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _say(_report.summary_table(results["summary"]))
 
     if "memory" in args.only:
-        shape = _shapes.shapes(args.quick)["b"]
+        shapes = _shapes.shapes(args.quick)
+        shape, leaf = shapes["b"], shapes["a"]
         _section(f"optimizer state, bytes per parameter, on {shape.describe()}")
-        results["memory"] = _memory.measure([SPECS[n] for n in args.optimizers], shape)
+        results["memory"] = _memory.measure([SPECS[n] for n in args.optimizers], shape, leaf)
         _say(_report.memory_table(results["memory"]))
+        _section(
+            "8-bit state (state_dtype='8bit'; bnb = bitsandbytes' 8-bit optimizers on CPU),"
+            f" bytes per parameter, on (b) and on {leaf.describe()}; the ratios on (a)"
+        )
+        _say(_report.memory_8bit_table(results["memory"], "(b)", "(a)"))
 
     if "compile" in args.only:
         leaves = ",".join(map(str, args.compile_leaves))

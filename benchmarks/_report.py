@@ -243,6 +243,32 @@ def memory_table(rows: list[dict[str, Any]]) -> str:
     return table(headers, body)
 
 
+def memory_8bit_table(rows: list[dict[str, Any]], tree: str, leaf: str) -> str:
+    """8-bit state: bytes per parameter, and as a fraction of optax's and bitsandbytes'."""
+    headers = [
+        "optimizer",
+        f"8bit {tree}",
+        f"bnb 8bit {tree}",
+        f"8bit {leaf}",
+        f"bnb 8bit {leaf}",
+        f"8bit/optax {leaf}",
+        f"8bit/bnb {leaf}",
+    ]
+    body = [
+        [
+            r["optimizer"],
+            fmt(r["cadence_8bit"]),
+            fmt(r["bnb_8bit"]),
+            fmt(r.get("leaf_cadence_8bit")),
+            fmt(r.get("leaf_bnb_8bit")),
+            fmt(ratio(r.get("leaf_cadence_8bit"), r["optax"]), ".3f"),
+            fmt(ratio(r.get("leaf_cadence_8bit"), r.get("leaf_bnb_8bit")), ".3f"),
+        ]
+        for r in rows
+    ]
+    return table(headers, body)
+
+
 # ---------------------------------------------------------------------- targets
 
 

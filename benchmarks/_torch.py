@@ -82,6 +82,46 @@ def runner(
     return Runner(f"torch ({mode})", "torch", step, sync, {"mode": mode, "device": device})
 
 
+# bitsandbytes' 8-bit counterparts of the specs' torch.optim classes.
+_EIGHT_BIT = {
+    "SGD": "SGD8bit",
+    "Adam": "Adam8bit",
+    "AdamW": "AdamW8bit",
+    "RMSprop": "RMSprop8bit",
+    "Adagrad": "Adagrad8bit",
+}
+
+
+def state_bytes_8bit(spec: Spec, params_np: dict[str, np.ndarray]) -> int | None:
+    """Bytes of a bitsandbytes 8-bit optimizer's state after one CPU step, or None.
+
+    None without bitsandbytes or where it has no 8-bit class for the spec.
+    Every tensor of ``optimizer.state`` counts (codes, block absmax, the
+    float32 state of leaves under its ``min_8bit_size``); its quantization
+    maps are shared by the leaves and counted once.
+    """
+    if torch is None or spec.torch is None or spec.torch[0] not in _EIGHT_BIT:
+        return None
+    try:
+        import bitsandbytes
+    except ImportError:
+        return None
+    cls, kwargs = spec.torch
+    params = [torch.nn.Parameter(p) for p in _tensors(params_np, "float32")]
+    for p in params:
+        p.grad = torch.full_like(p, 1e-3)
+    opt = getattr(bitsandbytes.optim, _EIGHT_BIT[cls])(params, **kwargs)
+    opt.step()
+    seen: set[int] = set()
+    total = 0
+    for st in opt.state.values():
+        for t in st.values():
+            if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
 def state_bytes(spec: Spec, params_np: dict[str, np.ndarray], dtype: str) -> int | None:
     """Bytes of ``optimizer.state`` tensors after one step (torch's default path)."""
     built = make(spec, params_np, params_np, dtype, "for-loop")

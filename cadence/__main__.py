@@ -126,6 +126,8 @@ def _examples(peak: float, total: int) -> dict[str, Any]:
         "warmup": lambda **kw: S.warmup(**{"s": S.cosine(peak, total - q), "steps": q} | kw),
         "shift": lambda **kw: S.shift(**{"s": S.cosine(peak, total + q), "steps": q} | kw),
         "clip": lambda **kw: S.clip(**{"s": S.cyclic(0.0, 2 * peak, q), "hi": peak} | kw),
+        # torch's SWALR: from the lr SWA starts at down to the constant SWA lr.
+        "swa": lambda **kw: S.swa(**{"init": peak, "swa_lr": peak / 5, "steps": q} | kw),
     }
 
 
@@ -316,6 +318,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     d.add_argument("--output-dir", default=".", help="where demo.png goes (default .)")
     d.add_argument("--no-plot", action="store_true", help="do not write demo.png")
+    d.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="the parameters' and activations' dtype (default float32)",
+    )
+    d.add_argument(
+        "--master-weights",
+        action="store_true",
+        help="keep a float32 copy of low-precision parameters (O.master_weights)",
+    )
+    d.add_argument("--loss-scale", action="store_true", help="dynamic loss scaling (O.loss_scale)")
     d.set_defaults(run=_demo)
 
     args = parser.parse_args(argv)

@@ -6,6 +6,11 @@ group), gradient clipping and a warmup + cosine schedule. Halfway through it
 checkpoints, throws away everything in memory, restores the run from the
 checkpoint alone (optimizer and schedule included) and finishes, then
 reports test accuracy and plots learning rate and loss against step.
+
+``--dtype bfloat16`` / ``float16`` trains with low-precision parameters and
+activations (the loss in float32), optionally with a float32 master copy of
+the parameters (``--master-weights``) and dynamic loss scaling
+(``--loss-scale``): the figures in the README's "Mixed precision and memory".
 """
 
 from __future__ import annotations
@@ -55,29 +60,44 @@ def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> dict[str, dict[str, jax.
 
 def logits(params: dict[str, dict[str, jax.Array]], x: jax.Array) -> jax.Array:
     layers = list(params.values())
+    x = x.astype(layers[0]["w"].dtype)  # compute in the parameters' dtype
     for layer in layers[:-1]:
         x = jax.nn.relu(x @ layer["w"] + layer["b"][None, :])
     return x @ layers[-1]["w"] + layers[-1]["b"][None, :]
 
 
 def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-    out = logits(params, x)
+    out = logits(params, x).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
     return loss, jnp.mean(jnp.argmax(out, axis=-1) == y)
 
 
-def make_optimizer(steps: int) -> O.Transformation:
+def make_optimizer(
+    steps: int, master_weights: bool = False, loss_scale: bool = False
+) -> O.Transformation:
     warmup = max(1, steps // 20)
     schedule = S.warmup(S.cosine(3e-3, steps - warmup, end=3e-5), warmup)
-    return O.chain(
+    optimizer: O.Transformation = O.chain(
         O.clip_by_global_norm(1.0),
         O.adamw(schedule, weight_decay=1e-2, groups={"*/b": {"weight_decay": 0.0}}),
     )
+    if master_weights:
+        optimizer = O.master_weights(optimizer)
+    if loss_scale:
+        optimizer = O.loss_scale(optimizer)
+    return optimizer
 
 
 def make_step(optimizer: O.Transformation) -> Any:
+    scaled = isinstance(optimizer, O.loss_scale)
+
     def step(params: Any, state: Any, x: jax.Array, y: jax.Array) -> tuple[Any, ...]:
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
+        def objective(params: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+            loss, acc = loss_fn(params, x, y)
+            # With loss scaling, the gradients are those of the scaled loss.
+            return (O.scale_loss(loss, state) if scaled else loss), (loss, acc)
+
+        (_, (loss, acc)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         # update + optax.apply_updates in one call (one pass per leaf on CPU).
         params, state = optimizer.step(grads, state, params)
         lr = O.hyperparams(state)["lr"]["default"]
@@ -152,16 +172,26 @@ def plot(history: dict[str, list[float]], resume_step: int, path: Path) -> None:
     plt.close(fig)
 
 
-def run(steps: int, output_dir: Path, make_plot: bool) -> float:
-    """Run the demo; return the test accuracy."""
+def run(
+    steps: int,
+    output_dir: Path,
+    make_plot: bool,
+    dtype: str = "float32",
+    master_weights: bool = False,
+    loss_scale: bool = False,
+    progress_bar: bool = True,
+) -> float:
+    """Run the demo with parameters in `dtype`; return the test accuracy."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
     x_train, x_test, y_train, y_test = load_digits()
     print(f"digits: {len(x_train)} training and {len(x_test)} test images of 8x8 pixels")
-    optimizer = make_optimizer(steps)
+    optimizer = make_optimizer(steps, master_weights, loss_scale)
     print(f"optimizer: {optimizer!r}")
     params = init_mlp(jax.random.PRNGKey(0), (64, HIDDEN, 10))
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    print(f"parameters: {dtype}")
     state = optimizer.init(params)
     history: dict[str, list[float]] = {"loss": [], "lr": []}
     half = steps // 2
@@ -169,7 +199,13 @@ def run(steps: int, output_dir: Path, make_plot: bool) -> float:
 
     with (
         tempfile.TemporaryDirectory(prefix="cadence-demo-") as ckpt_dir,
-        tqdm(total=steps, desc="training", unit="step", dynamic_ncols=True) as progress,
+        tqdm(
+            total=steps,
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not progress_bar,
+        ) as progress,
     ):
         params, state = train(params, state, optimizer, data, 0, half, history, progress)
         saved_at = checkpoint.save(ckpt_dir, half, params, state, optimizer=optimizer)
@@ -185,8 +221,15 @@ def run(steps: int, output_dir: Path, make_plot: bool) -> float:
             params, state, optimizer, data, restored.step, steps, history, progress
         )
 
-    test_logits = logits(params, jnp.asarray(x_test))
-    accuracy = float(jnp.mean(jnp.argmax(test_logits, axis=-1) == jnp.asarray(y_test)))
+    test_loss, test_acc = loss_fn(params, jnp.asarray(x_test), jnp.asarray(y_test))
+    accuracy = float(test_acc)
+    tail = history["loss"][-50:]
+    print(
+        f"training loss (mean of the last {len(tail)} steps): {np.mean(tail):.4f}; "
+        f"test loss: {float(test_loss):.4f}"
+    )
+    if loss_scale:
+        print(f"final loss scale: {float(O.hyperparams(state)['loss_scale']):g}")
     print(f"test accuracy: {accuracy:.4f} (target {TARGET_ACCURACY})")
     if make_plot:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -201,5 +244,12 @@ def main(args: argparse.Namespace) -> int:
     """The ``demo`` command: 0 when the test accuracy reaches the target."""
     if args.steps < 10:
         raise ValueError(f"--steps must be >= 10, got {args.steps}")
-    accuracy = run(args.steps, Path(args.output_dir), not args.no_plot)
+    accuracy = run(
+        args.steps,
+        Path(args.output_dir),
+        not args.no_plot,
+        dtype=getattr(args, "dtype", "float32"),
+        master_weights=getattr(args, "master_weights", False),
+        loss_scale=getattr(args, "loss_scale", False),
+    )
     return 0 if accuracy >= TARGET_ACCURACY else 1

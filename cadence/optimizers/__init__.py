@@ -18,10 +18,17 @@ Example:
 """
 
 from ._adafactor import adafactor as adafactor
+from ._adopt import adopt as adopt
+from ._asgd import asgd as asgd
+from ._average import average as average
+from ._average import lookahead as lookahead
+from ._averaged import averaged_params as averaged_params
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
+from ._lamb import lamb as lamb
+from ._lars import lars as lars
 from ._lbfgs import lbfgs as lbfgs
 from ._muon import muon as muon
 from ._nadam import nadam as nadam
@@ -36,8 +43,13 @@ from ._optimizers import adamw as adamw
 from ._optimizers import lion as lion
 from ._optimizers import rmsprop as rmsprop
 from ._optimizers import sgd as sgd
+from ._param_groups import add_param_group as add_param_group
 from ._partition import partition as partition
 from ._partition import rules as rules
+from ._precision import loss_scale as loss_scale
+from ._precision import master_weights as master_weights
+from ._precision import scale_loss as scale_loss
+from ._rprop import rprop as rprop
 from ._sharding import state_shardings as state_shardings
 from ._transforms import chain as chain
 from ._transforms import clip_by_global_norm as clip_by_global_norm

@@ -94,7 +94,8 @@ class adafactor(Optimizer):
         eps2: floor of the parameter scale :math:`\\alpha_t` (>= 0).
         d: clipping threshold of the update's RMS (>= 1).
         weight_decay: decoupled decay coefficient (>= 0), scaled by lr.
-        state_dtype: dtype of the moments (default: the parameter's).
+        state_dtype: dtype of the moments (default: the parameter's), or a
+            dict by buffer name.
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:

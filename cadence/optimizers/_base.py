@@ -198,10 +198,13 @@ class Transformation(optax.GradientTransformationExtraArgs):
                     if value is None
                     else {
                         pattern: {
-                            k: _hyper_config(v, f"{at}[{pattern!r}][{k!r}]")
+                            # A bool is a group's flag (``own_step``), kept as is.
+                            k: v
+                            if isinstance(v, bool)
+                            else _hyper_config(v, f"{at}[{pattern!r}][{k!r}]")
                             for k, v in group.items()
                         }
-                        for pattern, group in value.items()
+                        for pattern, group in value.as_dict().items()
                     }
                 )
             elif kind == CHILD:

@@ -102,7 +102,11 @@ def _field(value: Any, kind: str, path: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(g, dict) for g in value.values()):
             raise bad("a dict of dicts")
         return {
-            pattern: {k: _hyper_value(v, f"{path}[{pattern!r}][{k!r}]", bad) for k, v in g.items()}
+            pattern: {
+                # A bool is a group's flag (``own_step``): `Groups.build` checks its name.
+                k: v if isinstance(v, bool) else _hyper_value(v, f"{path}[{pattern!r}][{k!r}]", bad)
+                for k, v in g.items()
+            }
             for pattern, g in value.items()
         }
     if kind == B.INT:
@@ -118,8 +122,11 @@ def _field(value: Any, kind: str, path: str) -> Any:
             raise bad("a string")
         return value
     if kind == B.DTYPE:
-        if value is not None and not isinstance(value, str):
-            raise bad("a dtype name or null")
+        # An optimizer's state_dtype may be a dict by buffer (its own check
+        # validates the names and values).
+        by_buffer = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        if value is not None and not isinstance(value, str) and not by_buffer:
+            raise bad("a dtype name, a dict of them by buffer, or null")
         return value
     if kind == B.FLOATS:
         if not isinstance(value, list) or not all(is_number(v) for v in value):

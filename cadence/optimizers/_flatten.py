@@ -153,6 +153,17 @@ class flatten(Transformation):
                 f"flatten: tx must be a cadence optimizer (sgd, adam, adamw, rmsprop, adagrad, "
                 f"lion), got {type(self.tx).__name__}"
             )
+        if not (self.tx.state_dtype is None or isinstance(self.tx.state_dtype, str)):
+            # One vector per dtype holds every buffer of a leaf in one dtype.
+            raise TypeError(
+                f"flatten: {type(self.tx).__name__}'s state_dtype by buffer "
+                f"({self.tx.state_dtype}) cannot be packed; give one dtype for every buffer"
+            )
+        if self.tx.state_dtype == "8bit":
+            raise TypeError(
+                f"flatten: {type(self.tx).__name__}'s 8-bit state (codes and block scales) "
+                "cannot be packed into vectors; leave it unflattened"
+            )
         if self.tx.reduced:
             # Each leaf's buffers are packed as slices of its parameter's size.
             raise TypeError(

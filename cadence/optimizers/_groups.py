@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, final
 
 import jax
+import jax.numpy as jnp
 
 from cadence import schedules as S
 
@@ -27,6 +28,13 @@ __all__ = ["DEFAULT", "Groups"]
 
 # The key under which `hyperparams` reports the parameters no pattern matched.
 DEFAULT = "default"
+
+# A group setting (``{"head/**": {"lr": 0.1, "own_step": True}}``): the group's
+# leaves count their own steps from the update at which they joined the
+# optimizer (torch's per-parameter ``step`` after ``add_param_group``), kept
+# per group in the state's record under this key; schedules keep the
+# optimizer's count.
+OWN_STEP = "own_step"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -81,6 +89,7 @@ class Groups:
     names: tuple[tuple[str, ...], ...]
     values: tuple[tuple[Any, ...], ...]
     static_zero: frozenset[str] = frozenset()
+    own_step: frozenset[str] = frozenset()  # patterns whose leaves count their own steps
 
     @classmethod
     def build(
@@ -93,7 +102,7 @@ class Groups:
         """Validate a user's ``{pattern: {name: value}}`` dict."""
         if not isinstance(groups, Mapping):
             raise TypeError(f"{owner}: groups must be a dict of dicts, got {groups!r}")
-        patterns, names, values = [], [], []
+        patterns, names, values, own_step = [], [], [], set()
         for pattern, group in groups.items():
             if not isinstance(pattern, str) or not pattern:
                 raise ValueError(
@@ -106,6 +115,16 @@ class Groups:
                 )
             if not isinstance(group, Mapping):
                 raise TypeError(f"{owner}: groups[{pattern!r}] must be a dict, got {group!r}")
+            if OWN_STEP in group:
+                flag = group[OWN_STEP]
+                if not isinstance(flag, bool):
+                    raise TypeError(
+                        f"{owner}: groups[{pattern!r}][{OWN_STEP!r}] must be True or False, "
+                        f"got {flag!r}"
+                    )
+                if flag:
+                    own_step.add(pattern)
+                group = {k: v for k, v in group.items() if k != OWN_STEP}
             for name in group:
                 if name not in checks:
                     raise ValueError(
@@ -120,14 +139,21 @@ class Groups:
                     for name, v in group.items()
                 )
             )
-        return cls(tuple(patterns), tuple(names), tuple(values), frozenset(static_zero))
+        return cls(
+            tuple(patterns),
+            tuple(names),
+            tuple(values),
+            frozenset(static_zero),
+            frozenset(own_step),
+        )
 
     def items(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for pattern, names, values in zip(self.patterns, self.names, self.values, strict=True):
             yield pattern, dict(zip(names, values, strict=True))
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return dict(self.items())
+        """The groups as given: ``{pattern: settings}``, with ``own_step`` where set."""
+        return {p: g | ({OWN_STEP: True} if p in self.own_step else {}) for p, g in self.items()}
 
     def __repr__(self) -> str:
         return repr(self.as_dict())
@@ -142,18 +168,19 @@ def _flatten(groups: Groups) -> tuple[list[Any], Any]:
             else:
                 leaves.append(value)
                 zeros.append(None)
-    return leaves, (groups.patterns, groups.names, groups.static_zero, tuple(zeros))
+    aux = (groups.patterns, groups.names, groups.static_zero, tuple(zeros), groups.own_step)
+    return leaves, aux
 
 
 def _unflatten(aux: Any, leaves: Any) -> Groups:
-    patterns, names, static_zero, zeros = aux
+    patterns, names, static_zero, zeros, own_step = aux
     leaves = iter(leaves)
     flat = [next(leaves) if z is None else z for z in zeros]
     values, i = [], 0
     for group in names:
         values.append(tuple(flat[i : i + len(group)]))
         i += len(group)
-    return Groups(patterns, names, tuple(values), static_zero)
+    return Groups(patterns, names, tuple(values), static_zero, own_step)
 
 
 jax.tree_util.register_pytree_node(Groups, _flatten, _unflatten)
@@ -275,15 +302,47 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
-def record(values: list[dict[str, jax.Array]], groups: Groups | None) -> Record:
-    """The state's record of the hyperparameters used: by name, then by group pattern."""
+def record(
+    values: list[dict[str, jax.Array]],
+    groups: Groups | None,
+    offsets: list[jax.Array] | None = None,
+) -> Record:
+    """The state's record of the hyperparameters used: by name, then by group pattern.
+
+    With `offsets` (groups with ``own_step``): also each group's step offset,
+    the optimizer's count when its leaves joined, under `OWN_STEP`.
+    """
     if groups is None:
         return Record(values[0])
     keys = (DEFAULT, *groups.patterns)
-    return Record(
+    out = Record(
         (name, Record((k, v[name]) for k, v in zip(keys, values, strict=True)))
         for name in values[0]
     )
+    if offsets is not None:
+        out[OWN_STEP] = Record(zip(keys, offsets, strict=True))
+    return out
+
+
+def step_offsets(owner: str, groups: Groups | None, recorded: Any) -> list[jax.Array] | None:
+    """Each group's step offset from a state's record, or None where no group has its own step."""
+    if groups is None or not groups.own_step:
+        return None
+    offsets = recorded.get(OWN_STEP) if isinstance(recorded, Mapping) else None
+    keys = (DEFAULT, *groups.patterns)
+    if not isinstance(offsets, Mapping) or set(offsets) != set(keys):
+        raise ValueError(
+            f"{owner}: the state was made for a different configuration (its groups' own "
+            "steps do not match the optimizer's); call init again or use add_param_group"
+        )
+    return [offsets[k] for k in keys]
+
+
+def zero_offsets(groups: Groups | None) -> list[jax.Array] | None:
+    """The step offsets of a fresh state: every group starts at update 0."""
+    if groups is None or not groups.own_step:
+        return None
+    return [jnp.zeros([], jnp.int32) for _ in range(1 + len(groups.patterns))]
 
 
 def pick(values: Mapping[str, Any], path: str) -> Any:

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from ._groups import DEFAULT, Record, is_variable, pick
+from ._groups import DEFAULT, OWN_STEP, Record, is_variable, pick
 
 __all__ = ["hyperparams"]
 
@@ -20,8 +20,9 @@ _INNER = ("inner", "inner_state", "inner_opt_state")
 def hyperparams(state: Any, path: str | None = None) -> Record:
     """The hyperparameter values used by the last update, by argument name.
 
-    Looks through `chain`, `accumulate`, `skip_nonfinite`, `reduce_on_plateau`
-    (whose lr scale it applies to ``lr``), and optax's `chain`, `MultiSteps`,
+    Looks through `chain`, `accumulate`, `skip_nonfinite`, `master_weights`,
+    `reduce_on_plateau` (whose lr scale it applies to ``lr``), `loss_scale`
+    (whose scale it reports as ``loss_scale``), and optax's `chain`, `MultiSteps`,
     `masked`, `inject_hyperparams`, `multi_transform` and `partition` (values
     by label: ``{"lr": {label: value}}``) and `contrib.reduce_on_plateau` placed after
     the optimizer (its scale applied to ``lr``). Where an optimizer has
@@ -115,8 +116,14 @@ def _collect(state: Any, out: dict[str, Any], path: str | None) -> None:
                 _merge(own, _by_label(inner, path))
             elif name in state._fields:
                 _collect(inner, own, path)
+        # A state may report fields of its own (`loss_scale`: the scale), by
+        # naming them on its type, as `lr_scale_field` above.
+        fields = getattr(type(state), "hyperparam_fields", {})
+        _merge(own, {name: getattr(state, f) for name, f in fields.items()})
         recorded = getattr(state, "hyperparams", None)
         if isinstance(recorded, dict):
+            # Groups' step offsets (`add_param_group`) are state, not hyperparameters.
+            recorded = {k: v for k, v in recorded.items() if k != OWN_STEP}
             if path is not None:
                 recorded = {
                     k: pick(v, path) if isinstance(v, dict) else v for k, v in recorded.items()

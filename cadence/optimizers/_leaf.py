@@ -21,6 +21,7 @@ import numpy as np
 from . import _native
 from ._base import compute_dtype
 from ._codegen import Kernel, generate
+from ._quantize import dequantize, is_quantized, quantize
 
 __all__ = [
     "leaf_fits",
@@ -56,9 +57,17 @@ def leaf_update(
     s: dict[str, Any],
     out_dtype: jnp.dtype,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """One leaf: the kernel in the compute dtype, results in the stored dtypes."""
+    """One leaf: the kernel in the compute dtype, results in the stored dtypes.
+
+    An 8-bit buffer (`Quantized`) is dequantized before the kernel and
+    quantized after it, and the update reads its new float32 value, before
+    quantization: the
+    order of bitsandbytes' 8-bit step (dequantize, update in float32,
+    requantize).
+    """
     dtype = compute_dtype(g.dtype)
-    stored = {n: b.dtype for n, b in bufs.items()}
+    eight = {n: opt.eight_bit[n] == "signed" for n, b in bufs.items() if is_quantized(b)}
+    stored = {n: jnp.dtype(jnp.float32) if n in eight else b.dtype for n, b in bufs.items()}
 
     def keep(name: str, x: jax.Array) -> jax.Array:
         # A buffer stored narrower than the math (bfloat16 moments) is used
@@ -67,12 +76,16 @@ def leaf_update(
         # old one, which the buffer's own loop overwrites in place.
         return x.astype(stored[name]).astype(dtype) if stored[name] != dtype else x
 
+    values = {n: dequantize(b, eight[n]) if n in eight else b for n, b in bufs.items()}
     pk = p.astype(dtype) if p is not None else None
     # The arrays arrive in the compute dtype; a rule that depends on the
     # parameter's own dtype (Adafactor's eps1=None: its machine epsilon) reads it here.
     s = {**s, "param_dtype": jnp.dtype(out_dtype)}
-    u, new = opt.kernel(pk, g.astype(dtype), {n: b.astype(dtype) for n, b in bufs.items()}, s, keep)
-    return u.astype(out_dtype), {n: new[n].astype(stored[n]) for n in bufs}
+    u, new = opt.kernel(
+        pk, g.astype(dtype), {n: b.astype(dtype) for n, b in values.items()}, s, keep
+    )
+    out = {n: quantize(new[n], eight[n]) if n in eight else new[n].astype(stored[n]) for n in bufs}
+    return u.astype(out_dtype), out
 
 
 def xla_leaf_step(
@@ -192,6 +205,8 @@ def leaf_fits(p: jax.Array, g: jax.Array, bufs: dict[str, jax.Array]) -> bool:
     lowered (`_native.on_cpu`).
     """
     dtype = p.dtype
+    if any(is_quantized(b) for b in bufs.values()):
+        return False  # blockwise quantization is not elementwise: XLA's loops
     if dtype not in (jnp.float32, jnp.float64) or g.dtype != dtype or g.shape != p.shape:
         return False
     state = {jnp.dtype(jnp.float32), jnp.dtype(jnp.float64), jnp.dtype(jnp.bfloat16)}

@@ -144,7 +144,8 @@ class muon(Optimizer):
         adjust_lr_fn: None, "original", "match_rms_adamw" or "spectral_unclamped".
         ns_dtype: dtype of the iteration (default bfloat16, as torch's; None:
             the parameter's).
-        state_dtype: dtype of the momentum buffer (default: the parameter's).
+        state_dtype: dtype of the momentum buffer (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Raises:
@@ -170,6 +171,7 @@ class muon(Optimizer):
     reference: ClassVar[str] = "torch.optim.Muon"
     State = MuonState
     elementwise = False  # Newton–Schulz multiplies whole matrices
+    eight_bit: ClassVar[dict[str, str]] = {"momentum_buffer": "signed"}
     _static_zero = ("weight_decay",)
 
     lr: Hyper = field(HYPER, 1e-3, check=NONNEG)

@@ -67,7 +67,8 @@ class nadam(Optimizer):
             decoupled and scaled by lr with ``decoupled_weight_decay``.
         momentum_decay: :math:`\\psi`, the momentum schedule's decay (>= 0).
         decoupled_weight_decay: decay the parameters as AdamW does (NAdamW).
-        state_dtype: dtype of the moments (default: the parameter's).
+        state_dtype: dtype of the moments (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -89,6 +90,7 @@ class nadam(Optimizer):
     reference: ClassVar[str] = "torch.optim.NAdam"
     State = NAdamState
     shared = ("mu_product",)
+    eight_bit: ClassVar[dict[str, str]] = {"mu": "signed", "nu": "unsigned"}
 
     lr: Hyper = field(HYPER, 2e-3, check=NONNEG)
     b1: Hyper = field(HYPER, 0.9, check=UNIT)

@@ -3,7 +3,8 @@
 A concrete optimizer is a rule: the per-leaf buffers it keeps (any shape
 decided from the parameter's), scalar state shared by a group's leaves, a
 per-group scalar step (`scalars`: bias corrections and the like, computed
-once per group from the hyperparameters and the count) and a per-leaf
+once per group from the hyperparameters and the count; `global_scalars`,
+reduced over every gradient leaf, such as LAMB's global norm) and a per-leaf
 `kernel` of (param, grad, buffers, scalars), elementwise or whole-leaf.
 `optimizer_type`, `hyper` and `flag` are the public building blocks, and
 `optimizers()` the registry.
@@ -41,6 +42,7 @@ from ._base import (
     Transformation,
     as_float,
     check_tree,
+    compute_dtype,
     dtype_of,
     field,
     hyper_fields,
@@ -51,8 +53,9 @@ from ._base import (
     transformation_type,
     zero_count,
 )
-from ._groups import Groups, assign, group_values, record
+from ._groups import Groups, assign, group_values, record, step_offsets, zero_offsets
 from ._leaf import leaf_step, leaf_update
+from ._state_dtype import check_state_dtype, codes_view, init_stored, is_special
 from ._trees import is_traced
 
 __all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
@@ -96,11 +99,21 @@ class Optimizer(Transformation):
     # `step` is never traced for a generated loop. (A kernel that is not
     # elementwise gets no loop either way: the generator refuses it.)
     elementwise: ClassVar[bool] = True
+    # The buffers that ``state_dtype="8bit"`` stores blockwise-quantized, each
+    # with the bitsandbytes map it uses: "signed" for a moment of either sign
+    # (a first moment, a momentum), "unsigned" for a non-negative one (a
+    # second moment, a sum of squares). A rule without any refuses "8bit".
+    eight_bit: ClassVar[dict[str, str]] = {}
 
-    state_dtype: str | None
+    state_dtype: Any
     groups: Groups | None
 
     def __post_init__(self) -> None:
+        # "8bit" and a dict by buffer are validated against the rule's
+        # buffers below; the field kind's own check takes plain dtypes only.
+        special = self.state_dtype if is_special(self.state_dtype) else None
+        if special is not None:
+            set_field(self, "state_dtype", None)
         super().__post_init__()
         groups = self.groups
         if isinstance(groups, Mapping):
@@ -111,6 +124,8 @@ class Optimizer(Transformation):
             set_field(self, "groups", groups)
         elif not isinstance(groups, (Groups, type(None))):
             raise TypeError(f"{type(self).__name__}: groups must be a dict, got {groups!r}")
+        if special is not None:
+            set_field(self, "state_dtype", check_state_dtype(self, special))
 
     # ---------------------------------------------------------------- contract
 
@@ -138,6 +153,25 @@ class Optimizer(Transformation):
         """
         del owner, path, leaf
 
+    def global_scalars(self, grads: list[jax.Array]) -> dict[str, jax.Array]:
+        """Scalars computed from every gradient leaf at once, given to every group's kernel.
+
+        For a rule that reduces over all gradients before its per-leaf step
+        (LAMB's global gradient-norm clipping). `grads` are the flat leaves of
+        every group, as the kernels will read them (a clipping coefficient
+        that `chain` defers to `step` already multiplied in).
+        """
+        del grads
+        return {}
+
+    def needs_params(self) -> str:
+        """Why the kernel reads every parameter whatever the decay ("" when it does not).
+
+        A trust ratio with ``always_adapt`` reads the parameter's norm: the
+        answer completes "params are required ...".
+        """
+        return ""
+
     def init_shared(self, hp: dict[str, jax.Array]) -> dict[str, jax.Array]:
         """The initial value of each `shared` scalar for a group with hyperparameters `hp`."""
         del hp
@@ -161,7 +195,8 @@ class Optimizer(Transformation):
         """One leaf's update and new buffers; `p` is None when no decay applies.
 
         Each new buffer passes through ``keep(name, x)`` before the update uses
-        it: the value as it will be stored. ``s["param_dtype"]`` is the
+        it: the value as it will be stored (an 8-bit buffer: its float32 value
+        before quantization, as bitsandbytes). ``s["param_dtype"]`` is the
         parameter's dtype (`p` and `g` arrive in the compute dtype).
         """
         raise NotImplementedError
@@ -198,7 +233,7 @@ class Optimizer(Transformation):
             for _, group in self.groups.items():
                 merged = defaults | group
                 out.append(any(not is_zero(merged[n]) for n in names))
-        return out
+        return [True] * len(out) if self.needs_params() else out
 
     def _buffer_names(self) -> tuple[str, ...]:
         fixed = ("count", "hyperparams", *self.shared)
@@ -226,12 +261,13 @@ class Optimizer(Transformation):
         for name in self.buffers():
             buffers = []
             for p, i in zip(leaves, index, strict=True):
-                dtype = self.state_dtype or dtype_of(p)
-                buffers.append(self.init_buffer(name, jnp.shape(p), dtype, values[i]))
+                shape, dtype = jnp.shape(p), dtype_of(p)
+                buffers.append(init_stored(self, name, shape, dtype, values[i]))
             fields[name] = treedef.unflatten(buffers)
         for name in self.shared:
             fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
-        return self.State(count=count, **fields, hyperparams=record(values, self.groups))
+        recorded = record(values, self.groups, zero_offsets(self.groups))
+        return self.State(count=count, **fields, hyperparams=recorded)
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         """The parameter deltas (``new_params = optax.apply_updates(params, deltas)``) and state.
@@ -331,19 +367,30 @@ class Optimizer(Transformation):
         for name in present:
             # A reduced buffer (a factored moment) is checked by paths only.
             shapes = name not in self.reduced
-            check_tree(owner, grads, getattr(state, name), "the state", shapes=shapes)
+            check_tree(owner, grads, codes_view(getattr(state, name)), "the state", shapes=shapes)
         if params is not None:
             check_tree(owner, grads, params, "params")
         elif any(self._nonzero(n) for n in self._decay_names()):
             raise ValueError(
                 f"{owner}: params are required when {' or '.join(self._decay_names())} is not 0"
             )
+        elif self.needs_params():
+            raise ValueError(f"{owner}: params are required {self.needs_params()}")
         values = group_values(self._defaults(), self.groups, state.count)
+        # The rule's step per group: the count, less the update at which a
+        # group with its own step joined (torch's per-parameter ``step``);
+        # schedules (`values`) keep the count.
+        offsets = step_offsets(owner, self.groups, state.hyperparams)
+        steps = [state.count - o for o in offsets] if offsets else [state.count] * len(values)
         shared = [
-            self.advance(v, state.count, {n: getattr(state, n)[i] for n in self.shared})
+            self.advance(v, steps[i], {n: getattr(state, n)[i] for n in self.shared})
             for i, v in enumerate(values)
         ]
         gleaves, treedef = jax.tree.flatten(grads)
+        rescale = None
+        if type(self).global_scalars is not Optimizer.global_scalars:
+            rescale = functools.partial(_global_after_scale, self, gleaves)
+        overall = self.global_scalars(gleaves)
         return _Run(
             grads=gleaves,
             params=(treedef.flatten_up_to(params) if params is not None else [None] * len(gleaves)),
@@ -352,14 +399,24 @@ class Optimizer(Transformation):
             index=assign(owner, self.groups, grads),
             values=values,
             scalars=[
-                self.scalars(v | sh, state.count) for v, sh in zip(values, shared, strict=True)
+                self.scalars(v | sh, t) | overall
+                for v, sh, t in zip(values, shared, steps, strict=True)
             ],
             shared={n: tuple(sh[n] for sh in shared) for n in self.shared},
             decays=self._decays(),
             treedef=treedef,
             traced=is_traced(gleaves),
             groups=self.groups,
+            rescale=rescale,
+            offsets=offsets,
         )
+
+
+def _global_after_scale(opt: Optimizer, grads: list[Any], scale: jax.Array) -> dict[str, Any]:
+    """`Optimizer.global_scalars` of ``grads * scale``, rounded as each kernel reads them."""
+    grads = [jnp.asarray(g) for g in grads]
+    scaled = [(g.astype(compute_dtype(g.dtype)) * scale).astype(g.dtype) for g in grads]
+    return opt.global_scalars(scaled)
 
 
 @dataclasses.dataclass
@@ -378,6 +435,9 @@ class _Run:
     treedef: Any
     traced: bool
     groups: Groups | None
+    # `global_scalars` of the gradients times a deferred clipping coefficient.
+    rescale: Callable[[jax.Array], dict[str, Any]] | None = None
+    offsets: list[jax.Array] | None = None
 
     def each(
         self, leaf: Callable[..., tuple[Any, dict]], args: Callable[[Any, Any, int], tuple]
@@ -403,12 +463,15 @@ class _Run:
 
     def scaled(self, scale: jax.Array | None) -> list[dict[str, jax.Array]]:
         """Each group's scalars, with a coefficient `chain` deferred from clip_by_global_norm."""
-        return self.scalars if scale is None else [s | {"grad_scale": scale} for s in self.scalars]
+        if scale is None:
+            return self.scalars
+        extra = {"grad_scale": scale} | (self.rescale(scale) if self.rescale else {})
+        return [s | extra for s in self.scalars]
 
     def finish(self, state: Any, new: dict[str, list[Any]]) -> Any:
         return state._replace(
             count=increment(state.count),
-            hyperparams=record(self.values, self.groups),
+            hyperparams=record(self.values, self.groups, self.offsets),
             **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )

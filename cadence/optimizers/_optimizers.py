@@ -112,7 +112,8 @@ class sgd(Optimizer):
         dampening: dampening of the gradient in the buffer.
         weight_decay: L2 penalty added to the gradient (>= 0).
         nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
-        state_dtype: dtype of the momentum buffer (default: the parameter's).
+        state_dtype: dtype of the momentum buffer (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Every float argument takes a number, a cadence schedule or a callable of
@@ -138,6 +139,7 @@ class sgd(Optimizer):
 
     State = SGDState
     _optional = {"momentum_buffer": "momentum"}
+    eight_bit = {"momentum_buffer": "signed"}
 
     lr: Hyper = field(HYPER, check=NONNEG)
     momentum: Hyper = field(HYPER, 0.0, check=NONNEG)
@@ -193,6 +195,7 @@ class _Adam(Optimizer):
 
     State = AdamState
     _decoupled: ClassVar[bool]
+    eight_bit = {"mu": "signed", "nu": "unsigned", "nu_max": "unsigned"}
 
     def buffers(self) -> tuple[str, ...]:
         return ("mu", "nu", "nu_max") if self.amsgrad else ("mu", "nu")
@@ -254,7 +257,8 @@ class adam(_Adam):
         eps: added to the denominator, outside the square root (>= 0).
         weight_decay: L2 penalty added to the gradient (>= 0).
         amsgrad: use AMSGrad.
-        state_dtype: dtype of the moments (default: the parameter's).
+        state_dtype: dtype of the moments (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -303,7 +307,8 @@ class adamw(_Adam):
         eps: added to the denominator, outside the square root (>= 0).
         weight_decay: decoupled decay coefficient (>= 0).
         amsgrad: use AMSGrad (torch's variant, see `adam`).
-        state_dtype: dtype of the moments (default: the parameter's).
+        state_dtype: dtype of the moments (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -358,7 +363,8 @@ class rmsprop(Optimizer):
         weight_decay: L2 penalty added to the gradient (>= 0).
         momentum: momentum factor (>= 0); with the number 0 no buffer is kept.
         centered: normalize by the estimated variance instead of the raw moment.
-        state_dtype: dtype of the buffers (default: the parameter's).
+        state_dtype: dtype of the buffers (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -378,6 +384,7 @@ class rmsprop(Optimizer):
 
     State = RMSpropState
     _optional = {"momentum_buffer": "momentum"}
+    eight_bit = {"square_avg": "unsigned", "grad_avg": "signed", "momentum_buffer": "signed"}
 
     lr: Hyper = field(HYPER, 1e-2, check=NONNEG)
     alpha: Hyper = field(HYPER, 0.99, check=UNIT)
@@ -433,7 +440,8 @@ class adagrad(Optimizer):
         weight_decay: L2 penalty added to the gradient (>= 0).
         initial_accumulator_value: starting value of the sum (>= 0; read at `init`).
         eps: added to the denominator, outside the square root (>= 0).
-        state_dtype: dtype of the sum (default: the parameter's).
+        state_dtype: dtype of the sum (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -452,6 +460,7 @@ class adagrad(Optimizer):
     reference = "torch.optim.Adagrad"
 
     State = AdagradState
+    eight_bit = {"sum": "unsigned"}
 
     lr: Hyper = field(HYPER, 1e-2, check=NONNEG)
     lr_decay: Hyper = field(HYPER, 0.0, check=NONNEG)
@@ -495,7 +504,8 @@ class lion(Optimizer):
         b1: interpolation factor of the update, in [0, 1).
         b2: decay of the momentum, in [0, 1).
         weight_decay: decoupled decay coefficient (>= 0).
-        state_dtype: dtype of the momentum (default: the parameter's).
+        state_dtype: dtype of the momentum (default: the parameter's), a dict
+            by buffer name, or ``"8bit"`` (bitsandbytes' 8-bit blockwise state).
         groups: per-parameter hyperparameters, ``{pattern: {name: value}}``.
 
     Example:
@@ -514,6 +524,7 @@ class lion(Optimizer):
     reference = "Lion (the paper; lion-pytorch)"
 
     State = LionState
+    eight_bit = {"mu": "signed"}
 
     lr: Hyper = field(HYPER, 1e-4, check=NONNEG)
     b1: Hyper = field(HYPER, 0.9, check=UNIT)

@@ -44,6 +44,7 @@ from jax.experimental.shard_alike import shard_alike
 from jax.sharding import AxisType, Mesh, NamedSharding, Sharding
 from jax.sharding import PartitionSpec as P
 
+from ._quantize import is_quantized
 from ._trees import Leaves, path_str
 
 __all__ = ["placing", "state_shardings", "zero_spec"]
@@ -158,11 +159,13 @@ def buffer_owners(state: Any, params: Any) -> list[int | None]:
     shapes = [np.shape(p) for p in pleaves]
 
     def per_param(x: Any) -> bool:
-        if jax.tree.structure(x) != ptree:
+        # An 8-bit buffer (codes and block absmax) counts as one leaf of its
+        # parameter's shape: its codes.
+        if jax.tree.structure(x, is_leaf=is_quantized) != ptree:
             return False
         return all(
-            _follows(np.shape(leaf), shape)
-            for leaf, shape in zip(jax.tree.leaves(x), shapes, strict=True)
+            _follows(np.shape(_codes(leaf)), shape)
+            for leaf, shape in zip(jax.tree.leaves(x, is_leaf=is_quantized), shapes, strict=True)
         )
 
     # A `partition`'s transformations hold their leaves' buffers by path.
@@ -172,18 +175,25 @@ def buffer_owners(state: Any, params: Any) -> list[int | None]:
 
     def subset(x: Any) -> bool:
         return isinstance(x, Leaves) and all(
-            k in index and _follows(np.shape(v), shapes[index[k]]) for k, v in x.items()
+            k in index and _follows(np.shape(_codes(v)), shapes[index[k]]) for k, v in x.items()
         )
 
     owners: list[int | None] = []
     for unit in jax.tree.leaves(state, is_leaf=lambda x: per_param(x) or subset(x)):
         if per_param(unit):
-            owners.extend(range(len(pleaves)))
+            for i, leaf in enumerate(jax.tree.leaves(unit, is_leaf=is_quantized)):
+                owners.extend([i] * len(jax.tree.leaves(leaf)))
         elif subset(unit):
-            owners.extend(index[k] for k in sorted(unit))
+            for k in sorted(unit):
+                owners.extend([index[k]] * len(jax.tree.leaves(unit[k])))
         else:
             owners.append(None)
     return owners
+
+
+def _codes(x: Any) -> Any:
+    """An 8-bit buffer's codes (laid out like its parameter); any other buffer as it is."""
+    return x.codes if is_quantized(x) else x
 
 
 def _follows(shape: tuple[int, ...], param: tuple[int, ...]) -> bool:

@@ -41,3 +41,4 @@ from ._primitives import polynomial as polynomial
 from ._primitives import step_decay as step_decay
 from ._registry import NAMES as NAMES
 from ._registry import get as get
+from ._swa import swa as swa

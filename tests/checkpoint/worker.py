@@ -33,6 +33,8 @@ OPTIMIZERS = {
     # placeholders (row_var, col_var for w; variance for b).
     "nadam": O.nadam(SCHEDULE, weight_decay=0.1, groups={"b": {"b1": 0.5}}),
     "adafactor": O.adafactor(SCHEDULE, weight_decay=0.1),
+    # Scalar state per group (eta, mu) and the average switched on mid-way.
+    "asgd": O.asgd(SCHEDULE, t0=3.0, groups={"b": {"lambd": 0.0}}),
 }
 
 

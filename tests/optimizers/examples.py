@@ -30,8 +30,48 @@ OPTIMIZERS: dict[str, O.Transformation] = {
         groups={"*/b": {"b1": 0.5}},
     ),
     "adafactor": O.adafactor(S.cosine(0.05, 8), weight_decay=0.1, eps1=1e-6, d=3.0),
+    "asgd": O.asgd(0.05, lambd=1e-2, t0=2.0, weight_decay=0.01),
+    "asgd_groups": O.asgd(
+        S.cosine(0.05, 8), alpha=0.5, t0=0.0, groups={"*/b": {"lr": 0.01, "lambd": 0.0}}
+    ),
+    "rprop": O.rprop(0.05),
+    "rprop_groups": O.rprop(
+        S.cosine(0.05, 8),
+        eta_minus=0.3,
+        eta_plus=1.5,
+        min_step=1e-3,
+        max_step=0.1,
+        groups={"*/b": {"lr": 0.01, "max_step": 0.05}},
+    ),
     "adamw_groups": O.adamw(
         0.01, groups={"*/b": {"weight_decay": 0.0}, "encoder/**": {"lr": S.linear(1e-3, 0.0, 5)}}
+    ),
+    "adopt": O.adopt(0.01, weight_decay=0.01),
+    "adopt_decoupled": O.adopt(
+        S.cosine(0.01, 8),
+        b1=0.3,
+        weight_decay=0.1,
+        decoupled=True,
+        clip_exp=None,
+        groups={"*/b": {"b2": 0.99}},
+    ),
+    "lamb": O.lamb(0.01, trust_clip=True),
+    "lamb_groups": O.lamb(
+        S.cosine(0.01, 8),
+        grad_averaging=False,
+        bias_correction=False,
+        max_grad_norm=None,
+        always_adapt=True,
+        groups={"*/b": {"weight_decay": 0.0}},
+    ),
+    "lars": O.lars(0.1, momentum=0.9, weight_decay=0.01, nesterov=True, trust_coeff=0.01),
+    "lars_clip": O.lars(
+        S.cosine(0.1, 8),
+        momentum=0.9,
+        dampening=0.1,
+        trust_clip=True,
+        always_adapt=True,
+        groups={"encoder/**": {"lr": 0.05}},
     ),
 }
 
@@ -59,6 +99,13 @@ TRANSFORMS: dict[str, O.Transformation] = {
         {"matrices": O.sgd(0.1, momentum=0.9), "rest": O.adam(0.01, weight_decay=0.01)},
         O.rules(("matrices", "**", 2), ("rest",)),
     ),
+    "master_weights": O.master_weights(O.adamw(0.01, weight_decay=0.1)),
+    "loss_scale": O.loss_scale(O.adam(0.01), init_scale=4.0, growth_interval=2),
+    # k=1 syncs on every update: the first (a copy) and the later (a pull).
+    "lookahead": O.lookahead(O.sgd(0.1, momentum=0.9), alpha=0.5, k=1),
+    "lookahead_chain": O.lookahead(O.chain(O.clip_by_global_norm(1.0), O.adam(0.01)), 0.8, k=2),
+    "average_ema": O.average(O.adamw(S.cosine(0.01, 8)), decay=0.9, start=1),
+    "average_swa": O.average(O.sgd(0.1, momentum=0.9), every=2),
     # torch's LBFGS: evaluates the loss itself (`EXTRA` gives it one). A fixed
     # step: the examples' gradients and value are not the loss's, and a line
     # search from a wrong value stays at the start (test_lbfgs.py covers it).

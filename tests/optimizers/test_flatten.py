@@ -87,10 +87,11 @@ def run(opt, make, *, method="step", jit=True, steps=3):
 def packed(state):
     """An unwrapped state as flatten keeps it: each buffer's leaves raveled and
     concatenated in tree order, one vector per dtype (scalars shared by a group,
-    NAdam's ``mu_product``, as they are)."""
+    NAdam's ``mu_product``, ASGD's ``eta``: tuples by group, as they are)."""
     fields = {}
     for name, value in state._asdict().items():
-        if name not in ("count", "hyperparams", "mu_product") and value is not None:
+        shared = isinstance(value, tuple)
+        if name not in ("count", "hyperparams") and value is not None and not shared:
             parts = {}
             for x in jax.tree.leaves(value):
                 parts.setdefault(x.dtype.name, []).append(np.ravel(x))

@@ -78,6 +78,12 @@ SCHEDULERS = {
         lambda s, o: s.PolynomialLR(o, total_iters=40, power=2.0),
         S.polynomial(LR, 40, power=2.0),
     ),
+    "SWALR": (
+        lambda s, o: torch.optim.swa_utils.SWALR(
+            o, swa_lr=0.02, anneal_epochs=20, anneal_strategy="linear"
+        ),
+        S.swa(LR, 0.02, 20, "linear"),
+    ),
 }
 
 

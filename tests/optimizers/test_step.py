@@ -160,9 +160,11 @@ def test_step_equals_update_then_apply(name, jit):
     # XLA's compiled loops do), so it matches the jitted reference; XLA's own
     # eager path rounds differently (no fused multiply-adds between separate
     # operations). (flatten's example wraps an AdamW, whose step is native;
-    # partition's transformations are optimizers.)
+    # partition's transformations are optimizers; master_weights and loss_scale
+    # call their optimizer's step.)
     opt, extra = EVERYTHING[name], EXTRA.get(name)
-    compiled = isinstance(opt, O.Optimizer) or name in NATIVE | {"flatten", "partition"}
+    wrapping = {"flatten", "partition", "master_weights", "loss_scale"}
+    compiled = isinstance(opt, O.Optimizer) or name in NATIVE | wrapping
     ours = run(opt, jnp.float32, method="step", jit=jit, extra=extra)
     ref = run(opt, jnp.float32, method="update", jit=jit or compiled, extra=extra)
     if name in ROUNDED_DIFFERENTLY:

@@ -28,6 +28,11 @@ TABLES = {
     "optimizers": "optimizer_cases",
     "more_optimizers": "more_optimizer_cases",
     "lbfgs": "lbfgs_cases",
+    "loss_scale": "loss_scale_cases",
+    "timm_optim": "timm_optim_cases",
+    "averaging": "averaging_cases",
+    "asgd_rprop": "asgd_rprop_cases",
+    "eight_bit": "eight_bit_cases",
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -503,6 +504,7 @@ def _torch_cases() -> list[Case]:
         *_chained_cases(),
         *_edge_cases(),
         *_momentum_cases(),
+        *_swa_cases(),
     ]
 
 
@@ -767,6 +769,56 @@ def _edge_cases() -> list[Case]:
             lambda L, o: L.ConstantLR(o, factor=0.1, total_iters=0),
             lambda: S.constant(0.1 * 0.1),
         ),
+    ]
+
+
+class _Handover:
+    """torch's SWA recipe: `first` steps the lr until update `at`, then `swa` (SWALR) does.
+
+    Both are built up front, as in torch's SWA example; `swa` anneals from
+    the lr `first` leaves.
+    """
+
+    def __init__(self, first: Any, swa: Any, at: int) -> None:
+        self.first, self.swa, self.at, self.count = first, swa, at, 0
+
+    def step(self) -> None:
+        (self.first if self.count < self.at else self.swa).step()
+        self.count += 1
+
+
+def _swa(label: str, lr: float, n: int, swa_lr: float, epochs: int, strategy: str) -> Case:
+    def make(L: Any, o: Any) -> Any:
+        from torch.optim.swa_utils import SWALR
+
+        return SWALR(o, swa_lr=swa_lr, anneal_epochs=epochs, anneal_strategy=strategy)
+
+    return _torch(f"SWALR-{label}", lr, n, make, lambda: S.swa(lr, swa_lr, epochs, strategy))
+
+
+def _swa_cases() -> list[Case]:
+    """SWALR alone (from the optimizer's lr), and taking over from a cosine at update 30."""
+    lr, at, t_max = 0.1, 30, 60
+
+    def handover(L: Any, o: Any) -> Any:
+        from torch.optim.swa_utils import SWALR
+
+        first = L.CosineAnnealingLR(o, T_max=t_max)
+        return _Handover(first, SWALR(o, swa_lr=0.02, anneal_epochs=8), at)
+
+    def build() -> S.Schedule:
+        cosine = S.cosine(lr, t_max)
+        # The lr SWALR finds at update `at`: CosineAnnealingLR's, in float64.
+        found = lr * (1 + math.cos(math.pi * at / t_max)) / 2
+        return S.join([cosine, S.swa(found, 0.02, 8)], [at])
+
+    return [
+        _swa("cos-epochs10", 0.1, 30, 0.05, 10, "cos"),
+        _swa("linear-epochs7-rising", 0.01, 20, 0.05, 7, "linear"),
+        _swa("cos-epochs1", 0.1, 10, 0.02, 1, "cos"),
+        # anneal_epochs=0: torch sets swa_lr at construction.
+        _swa("linear-epochs0", 0.1, 10, 0.03, 0, "linear"),
+        _torch("CosineAnnealingLR-then-SWALR-at30", lr, 60, handover, build, boundaries=(at,)),
     ]
 
 

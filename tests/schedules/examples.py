@@ -39,6 +39,9 @@ EXAMPLES: dict[str, S.Schedule] = {
     "shift": S.shift(S.cosine(1.0, 40), 5),
     "arithmetic": 0.5 * S.cosine(1.0, 50) + S.constant(0.1) / 2.0 - 0.01,
     "registry": S.get("cosine_with_restarts", 1.0, 10, 90, num_cycles=2),
+    "swa": S.swa(0.1, 0.02, 30),
+    "swa_linear": S.swa(0.01, 0.05, 7, anneal="linear"),
+    "swa_at_once": S.swa(0.1, 0.05, 0),
 }
 
 # Not serializable: excluded from config round trips.

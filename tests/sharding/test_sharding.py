@@ -39,6 +39,11 @@ NAMES = (
     "nadam",
     "adafactor",
     "muon",
+    "adopt",
+    "lamb",
+    "lars",
+    "asgd",
+    "rprop",
 )
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -108,9 +113,11 @@ def test_state_has_the_parameters_shardings_however_init_runs(spmd, name):
 def test_compiled_step_gathers_nothing(spmd, name):
     found = spmd[name]["collectives"]
     assert {k: found[k] for k in COLLECTIVES} == dict.fromkeys(COLLECTIVES, [])
-    if name == "adafactor":
+    if name in ("adafactor", "lamb", "lars"):
         # Whole-leaf reductions: the parameter's and the update's RMS, the
-        # row and column means of g², each an all-reduce of partial sums.
+        # row and column means of g² (LAMB's and LARS's trust ratios: the
+        # norms of the parameter and of the update or gradient, and LAMB's
+        # global gradient norm), each an all-reduce of partial sums.
         assert found["all-reduce"]
         return
     if name == "chain":

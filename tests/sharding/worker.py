@@ -56,6 +56,11 @@ OPTIMIZERS = {
     "chain": O.chain(O.clip_by_global_norm(1.0), O.adamw(1e-2, weight_decay=0.1)),
     "nadam": O.nadam(1e-2, weight_decay=0.1, decoupled_weight_decay=True),
     "adafactor": O.adafactor(1e-2, weight_decay=0.1),
+    "adopt": O.adopt(1e-2, weight_decay=0.1, decoupled=True),
+    "lamb": O.lamb(1e-2, weight_decay=0.1),
+    "lars": O.lars(0.1, momentum=0.9, weight_decay=0.1, trust_coeff=0.01),
+    "asgd": O.asgd(1e-2, lambd=1e-2, t0=2.0, weight_decay=0.1),
+    "rprop": O.rprop(1e-2),
 }
 
 # Muon takes 2-D leaves only: it is checked on the two matrices.
