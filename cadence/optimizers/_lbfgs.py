@@ -102,7 +102,8 @@ class lbfgs(Transformation):
     replicated on the parameters' mesh (as `state_shardings` reports),
     torch's "all parameters on a single device". Other transformations pass
     ``value_fn`` on as they pass ``value`` (`chain`, `accumulate`,
-    `skip_nonfinite`, optax's chain and MultiSteps); a transformation before
+    `skip_nonfinite`, `reduce_on_plateau`, `average`, `master_weights`,
+    `lookahead`, optax's chain and MultiSteps); a transformation before
     `lbfgs` in a chain changes only the first gradient, not the ones
     ``value_fn`` gives, and `reduce_on_plateau` scales the update `lbfgs`
     returns, not the lr of its iterations as torch's scheduler does (give

@@ -263,11 +263,17 @@ def test_inside_partition_it_is_refused():
 
 
 def test_wrappers_pass_value_fn_on():
-    # chain, skip_nonfinite and optax's chain hand value_fn to lbfgs as they hand value.
+    # The wrappers hand value_fn to lbfgs as they hand value (none of these
+    # changes the numbers here: a clip that never clips, one micro-batch, no
+    # plateau yet, float32 masters of float32 parameters).
     expected, _ = steps(OPT, START, OPT.init(START), 2)
     for wrapped in (
         O.chain(O.clip_by_value(1e6), OPT),
         O.skip_nonfinite(OPT),
+        O.accumulate(OPT, 1),
+        O.reduce_on_plateau(OPT),
+        O.average(OPT, decay=0.9),
+        O.master_weights(OPT),
         optax.chain(optax.identity(), OPT),
     ):
         params, state = START, wrapped.init(START)
