@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ._base import (
     HYPER,
@@ -271,6 +273,32 @@ def _flat_layout(owner: str, params: Any) -> tuple[jnp.dtype, int]:
     return compute_dtype(jnp.result_type(*dtypes) if dtypes else jnp.float32), n
 
 
+def _explicit(x: Any) -> NamedSharding | None:
+    """The layout a traced `x` carries in its type (Explicit mesh axes), else None."""
+    if not isinstance(x, jax.core.Tracer):
+        return None
+    sharding = jax.typeof(x).sharding
+    if sharding.mesh.empty or AxisType.Explicit not in sharding.mesh.axis_types:
+        return None
+    return sharding
+
+
+def _replicated(x: jax.Array) -> jax.Array:
+    """`x` replicated: the flat vectors join every leaf, whatever its layout."""
+    sharding = _explicit(x)
+    if sharding is None or all(s is None for s in sharding.spec):
+        return x
+    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
+
+
+def _laid_out_like(x: jax.Array, p: Any) -> jax.Array:
+    """`x` (a leaf cut from a flat vector) in the layout of its parameter `p`."""
+    sharding = _explicit(p)
+    if sharding is None or sharding == _explicit(x):
+        return x
+    return jax.sharding.reshard(x, sharding)
+
+
 def _max_abs(v: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(v)) if v.size else jnp.zeros((), v.dtype)
 
@@ -327,7 +355,8 @@ def _update(
     sizes = [math.prod(s) for s in shapes]
 
     def flat(tree: Any) -> jax.Array:
-        parts = [jnp.ravel(jnp.asarray(x)).astype(dtype) for x in treedef.flatten_up_to(tree)]
+        leaves = treedef.flatten_up_to(tree)
+        parts = [jnp.ravel(_replicated(jnp.asarray(x))).astype(dtype) for x in leaves]
         return jnp.concatenate(parts) if parts else jnp.zeros(0, dtype)
 
     def unflat(x: jax.Array) -> Any:
@@ -465,7 +494,7 @@ def _update(
     )
     c = jax.lax.while_loop(lambda c: ~c.stop, body, init)
     new = unflat(c.x)
-    deltas = jax.tree.map(lambda a, p: a - jnp.asarray(p), new, params)
+    deltas = jax.tree.map(lambda a, p: _laid_out_like(a, p) - jnp.asarray(p), new, params)
     return deltas, LBFGSState(
         count=increment(state.count),
         func_evals=c.func_evals,

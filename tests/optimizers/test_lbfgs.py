@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -349,6 +352,58 @@ def test_state_shardings_replicate_the_flat_vectors():
     assert shardings.old_dirs == replicated and shardings.d == replicated
     state = jax.jit(opt.init, out_shardings=shardings)(params)
     assert state.old_dirs.shape == (3, 5)
+
+
+_TWO_DEVICES = """
+import json, jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from cadence import optimizers as O
+mesh = jax.make_mesh((2,), ("model",))
+opt = O.lbfgs(line_search_fn="strong_wolfe", history_size=3, max_iter=5)
+x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 6)), jnp.float32)
+def loss(p):
+    return jnp.sum((x @ p["w"] - 1.0) ** 2) + jnp.sum(p["w"] ** 4)
+@jax.jit
+def step(params, state):
+    value, grads = jax.value_and_grad(loss)(params)
+    return opt.step(grads, state, params, value=value, value_fn=loss)
+def run(params, shardings=None):
+    init = jax.jit(opt.init, out_shardings=shardings) if shardings else opt.init
+    state = init(params)
+    for _ in range(3):
+        params, state = step(params, state)
+    return params, state
+w = jnp.linspace(-1.0, 1.0, 6)
+sharded = {"w": jax.device_put(w, NamedSharding(mesh, P("model")))}
+shardings = O.state_shardings(opt, sharded)
+params, state = run(sharded, shardings)
+single, _ = run({"w": jax.device_put(w, jax.devices()[0])})
+print(json.dumps({
+    "devices": len(state.old_dirs.sharding.device_set),
+    "replicated": state.old_dirs.sharding.is_fully_replicated,
+    "w_sharding": str(params["w"].sharding.spec),
+    "gap": float(np.max(np.abs(np.asarray(params["w"]) - np.asarray(single["w"])))),
+}))
+"""
+
+
+def test_runs_on_parameters_sharded_over_two_devices():
+    # A fresh process with two CPU devices: the parameters stay sharded, the
+    # flat history is replicated on the mesh, and the numbers are one device's.
+    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_DEVICES],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out["devices"] == 2 and out["replicated"]
+    assert "model" in out["w_sharding"]
+    assert out["gap"] < 1e-5
 
 
 def test_mixed_dtypes_promote_and_come_back_in_their_own():
