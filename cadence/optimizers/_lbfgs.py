@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ._base import (
     HYPER,
@@ -21,15 +18,13 @@ from ._base import (
     Transformation,
     check_int,
     check_tree,
-    compute_dtype,
-    dtype_of,
     field,
     increment,
-    path_str,
     set_field,
     transformation_type,
     zero_count,
 )
+from ._flat_view import FlatView, flat_layout
 from ._groups import Record, evaluate
 from ._line_search import strong_wolfe
 from ._trees import Leaves, is_traced
@@ -178,7 +173,7 @@ class lbfgs(Transformation):
 
     def init(self, params: Any) -> LBFGSState:
         """The initial state: torch's before its first step (no history, nothing evaluated)."""
-        dtype, n = _flat_layout("lbfgs.init", params)
+        dtype, n = flat_layout("lbfgs.init", params)
         h = self.history_size
         vector, scalar = jnp.zeros(n, dtype), jnp.zeros((), dtype)
         count = zero_count()
@@ -243,7 +238,7 @@ class lbfgs(Transformation):
         if not isinstance(state, LBFGSState):
             raise TypeError(f"{owner}: expected an LBFGSState, got {type(state).__name__}")
         check_tree(owner, updates, params, "params")
-        _, n = _flat_layout(owner, params)
+        _, n = flat_layout(owner, params)
         if state.d.shape != (n,) or state.old_dirs.shape[0] != self.history_size:
             raise ValueError(
                 f"{owner}: the state was made for {state.d.shape[0]} parameters and a history "
@@ -256,47 +251,6 @@ class lbfgs(Transformation):
         except TypeError:  # not usable as a static argument: run it op by op
             return _update(self, updates, state, params, value, value_fn)
         return _compiled_update(self, updates, state, params, value, value_fn)
-
-
-def _flat_layout(owner: str, params: Any) -> tuple[jnp.dtype, int]:
-    """The flat vector's dtype (the leaves' promoted, float32 at least) and length."""
-    dtypes, n = [], 0
-    for path, p in jax.tree_util.tree_flatten_with_path(params)[0]:
-        dtype = dtype_of(p)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise ValueError(
-                f"{owner}: params at {path_str(path)!r} have dtype {dtype}; "
-                "lbfgs needs floating-point parameters"
-            )
-        dtypes.append(dtype)
-        n += math.prod(np.shape(p))
-    return compute_dtype(jnp.result_type(*dtypes) if dtypes else jnp.float32), n
-
-
-def _explicit(x: Any) -> NamedSharding | None:
-    """The layout a traced `x` carries in its type (Explicit mesh axes), else None."""
-    if not isinstance(x, jax.core.Tracer):
-        return None
-    sharding = jax.typeof(x).sharding
-    if sharding.mesh.empty or AxisType.Explicit not in sharding.mesh.axis_types:
-        return None
-    return sharding
-
-
-def _replicated(x: jax.Array) -> jax.Array:
-    """`x` replicated: the flat vectors join every leaf, whatever its layout."""
-    sharding = _explicit(x)
-    if sharding is None or all(s is None for s in sharding.spec):
-        return x
-    return jax.sharding.reshard(x, NamedSharding(sharding.mesh, P()))
-
-
-def _laid_out_like(x: jax.Array, p: Any) -> jax.Array:
-    """`x` (a leaf cut from a flat vector) in the layout of its parameter `p`."""
-    sharding = _explicit(p)
-    if sharding is None or sharding == _explicit(x):
-        return x
-    return jax.sharding.reshard(x, sharding)
 
 
 def _max_abs(v: jax.Array) -> jax.Array:
@@ -349,22 +303,9 @@ def _two_loop(c: _Loop, g: jax.Array, length: jax.Array, start: jax.Array) -> ja
 def _update(
     opt: lbfgs, grads: Any, state: LBFGSState, params: Any, value: Any, value_fn: Callable
 ) -> tuple[Any, LBFGSState]:
-    leaves, treedef = jax.tree.flatten(params)
     dtype = state.d.dtype
-    shapes = [np.shape(p) for p in leaves]
-    sizes = [math.prod(s) for s in shapes]
-
-    def flat(tree: Any) -> jax.Array:
-        leaves = treedef.flatten_up_to(tree)
-        parts = [jnp.ravel(_replicated(jnp.asarray(x))).astype(dtype) for x in leaves]
-        return jnp.concatenate(parts) if parts else jnp.zeros(0, dtype)
-
-    def unflat(x: jax.Array) -> Any:
-        out, offset = [], 0
-        for p, shape, size in zip(leaves, shapes, sizes, strict=True):
-            out.append(x[offset : offset + size].reshape(shape).astype(dtype_of(p)))
-            offset += size
-        return treedef.unflatten(out)
+    view = FlatView(params, dtype)
+    flat, unflat = view.flatten, view.unflatten
 
     loss_shape = jax.eval_shape(value_fn, params)
     if (
@@ -493,8 +434,7 @@ def _update(
         stop=_max_abs(g0) <= tolerance_grad,
     )
     c = jax.lax.while_loop(lambda c: ~c.stop, body, init)
-    new = unflat(c.x)
-    deltas = jax.tree.map(lambda a, p: _laid_out_like(a, p) - jnp.asarray(p), new, params)
+    deltas = view.deltas(c.x)
     return deltas, LBFGSState(
         count=increment(state.count),
         func_evals=c.func_evals,
