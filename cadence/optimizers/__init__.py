@@ -32,6 +32,7 @@ from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
 from ._lamb import lamb as lamb
 from ._lars import lars as lars
+from ._lbfgs import lbfgs as lbfgs
 from ._muon import muon as muon
 from ._nadam import nadam as nadam
 from ._optimizer import Optimizer as Optimizer

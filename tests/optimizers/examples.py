@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -132,12 +133,25 @@ TRANSFORMS: dict[str, O.Transformation] = {
     "lookahead_chain": O.lookahead(O.chain(O.clip_by_global_norm(1.0), O.adam(0.01)), 0.8, k=2),
     "average_ema": O.average(O.adamw(S.cosine(0.01, 8)), decay=0.9, start=1),
     "average_swa": O.average(O.sgd(0.1, momentum=0.9), every=2),
+    # torch's LBFGS: evaluates the loss itself (`EXTRA` gives it one). A fixed
+    # step: the examples' gradients and value are not the loss's, and a line
+    # search from a wrong value stays at the start (test_lbfgs.py covers it).
+    "lbfgs": O.lbfgs(S.cosine(0.5, 8), max_iter=4, history_size=2),
 }
 
 EVERYTHING = OPTIMIZERS | TRANSFORMS
 
 # Extra `update` arguments a transformation needs.
 EXTRA = {"reduce_on_plateau": {"value": 1.0}}
+
+
+def quartic(params):
+    """A loss for `lbfgs` on any parameter tree (the examples' gradients are not its own)."""
+    z = [x.astype(jnp.float32) - 0.5 for x in jax.tree.leaves(params)]
+    return sum(jnp.sum(x**2 + x**4) for x in z)
+
+
+EXTRA["lbfgs"] = {"value": 1.0, "value_fn": quartic}
 
 
 def params(dtype=jnp.float32):

@@ -27,6 +27,7 @@ TABLES = {
     "schedules": "schedule_cases",
     "optimizers": "optimizer_cases",
     "more_optimizers": "more_optimizer_cases",
+    "lbfgs": "lbfgs_cases",
     "loss_scale": "loss_scale_cases",
     "timm_optim": "timm_optim_cases",
     "averaging": "averaging_cases",
