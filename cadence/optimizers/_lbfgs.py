@@ -27,7 +27,7 @@ from ._base import (
 from ._flat_view import FlatView, flat_layout
 from ._groups import Record, evaluate
 from ._line_search import strong_wolfe
-from ._trees import Leaves, is_traced
+from ._trees import Leaves, distinct_arrays, is_traced
 
 __all__ = ["LBFGSState", "lbfgs"]
 
@@ -177,7 +177,7 @@ class lbfgs(Transformation):
         h = self.history_size
         vector, scalar = jnp.zeros(n, dtype), jnp.zeros((), dtype)
         count = zero_count()
-        return LBFGSState(
+        state = LBFGSState(
             count=count,
             func_evals=zero_count(),
             n_iter=zero_count(),
@@ -193,6 +193,7 @@ class lbfgs(Transformation):
             prev_loss=scalar,
             hyperparams=self._record(count),
         )
+        return distinct_arrays(state)  # a donated step takes each array once
 
     def update(
         self,

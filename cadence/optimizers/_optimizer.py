@@ -56,7 +56,7 @@ from ._base import (
 from ._groups import Groups, assign, group_values, record, step_offsets, zero_offsets
 from ._leaf import leaf_step, leaf_update
 from ._state_dtype import check_state_dtype, codes_view, init_stored, is_special
-from ._trees import is_traced
+from ._trees import distinct_arrays, is_traced
 
 __all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
 
@@ -267,7 +267,7 @@ class Optimizer(Transformation):
         for name in self.shared:
             fields[name] = tuple(as_float(self.init_shared(v)[name]) for v in values)
         recorded = record(values, self.groups, zero_offsets(self.groups))
-        return self.State(count=count, **fields, hyperparams=recorded)
+        return distinct_arrays(self.State(count=count, **fields, hyperparams=recorded))
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra: Any) -> tuple[Any, Any]:
         """The parameter deltas (``new_params = optax.apply_updates(params, deltas)``) and state.

@@ -29,7 +29,7 @@ from ._base import (
     zeros_like_output,
 )
 from ._groups import is_variable, leaf_paths
-from ._trees import Leaves
+from ._trees import Leaves, distinct_arrays
 from ._wrappers import all_finite, cond
 
 __all__ = ["LossScaleState", "MasterWeightsState", "loss_scale", "master_weights", "scale_loss"]
@@ -300,7 +300,7 @@ class loss_scale(Transformation):
 
     def init(self, params: Any) -> LossScaleState:
         scale = jnp.asarray(self.init_scale, jnp.float32)
-        return LossScaleState(scale, zero_count(), _distinct(self.tx.init(params)))
+        return LossScaleState(scale, zero_count(), distinct_arrays(self.tx.init(params)))
 
     def _unscale(self, grads: Any, state: Any, owner: str) -> tuple[Any, jax.Array]:
         """The unscaled gradients, and whether every scaled one was finite (torch's check)."""
@@ -361,27 +361,6 @@ class loss_scale(Transformation):
 
         new_params, inner = cond(finite, apply, lambda operand: operand, (params, state.inner))
         return new_params, self._next(state, finite, inner)
-
-
-def _distinct(state: Any) -> Any:
-    """`state` with no array object in two leaves.
-
-    An optimizer's record of hyperparameters shares one array among the
-    groups that do not override it. A skipped step passes the inner state
-    through, so every leaf is an input of the step, and a step that donates
-    the state would donate that array twice (which XLA refuses).
-    """
-    seen: set[int] = set()
-
-    def once(x: Any) -> Any:
-        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
-            return x
-        if id(x) in seen:
-            return jnp.array(x, copy=True)
-        seen.add(id(x))
-        return x
-
-    return jax.tree.map(once, state)
 
 
 def scale_loss(loss: Any, state: Any) -> jax.Array:

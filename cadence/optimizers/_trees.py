@@ -10,7 +10,7 @@ from typing import Any, final
 
 import jax
 
-__all__ = ["Leaves", "is_traced", "path_str"]
+__all__ = ["Leaves", "distinct_arrays", "is_traced", "path_str"]
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -55,3 +55,24 @@ jax.tree_util.register_pytree_with_keys(
 def is_traced(tree: Any) -> bool:
     """Whether any leaf of `tree` is a tracer (the call runs under `jit`, `vmap`, ...)."""
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(tree))
+
+
+def distinct_arrays(tree: Any) -> Any:
+    """`tree` with no array object in two leaves (a repeated one is copied).
+
+    An optimizer's record of hyperparameters shares one array among the
+    groups that do not override it; a step that donates the state would
+    donate that array twice, which XLA refuses. Traced leaves are left alone:
+    a compiled function's outputs are distinct buffers already.
+    """
+    seen: set[int] = set()
+
+    def once(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return x
+        if id(x) in seen:
+            return jax.numpy.array(x, copy=True)
+        seen.add(id(x))
+        return x
+
+    return jax.tree.map(once, tree)

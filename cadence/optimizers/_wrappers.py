@@ -33,6 +33,7 @@ from ._base import (
     zeros_like_output,
 )
 from ._hyperparams import lr_of
+from ._trees import distinct_arrays
 
 __all__ = [
     "AccumulateState",
@@ -262,7 +263,8 @@ class reduce_on_plateau(Transformation):
         one = as_float(1.0)
         worst = as_float(math.inf if self.mode == "min" else -math.inf)
         zero = zero_count()
-        return ReduceOnPlateauState(one, one, worst, zero, zero, self.tx.init(params))
+        state = ReduceOnPlateauState(one, one, worst, zero, zero, self.tx.init(params))
+        return distinct_arrays(state)  # a donated step takes each array once
 
     def _is_better(self, a: jax.Array, best: jax.Array) -> jax.Array:
         threshold = as_float(self.threshold)
