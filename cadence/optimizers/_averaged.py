@@ -13,7 +13,7 @@ from typing import Any
 from ._asgd import ASGDState
 from ._average import AverageState
 from ._flatten import FlattenState
-from ._trees import Leaves
+from ._trees import Leaves, inner_states
 
 __all__ = ["averaged_params"]
 
@@ -22,12 +22,6 @@ RULES: dict[type, Callable[[Any], Any]] = {
     ASGDState: lambda state: state.ax,
     AverageState: lambda state: state.averaged,
 }
-
-# Fields through which a state holds another transformation's state: ours
-# (`inner`), optax's inject_hyperparams (`inner_state`) and MultiSteps
-# (`inner_opt_state`); a dict there (or in multi_transform's `inner_states`)
-# holds one state per label.
-_INNER = ("inner", "inner_state", "inner_opt_state", "inner_states")
 
 
 def averaged_params(state: Any) -> Any:
@@ -93,14 +87,6 @@ def _find(state: Any) -> Iterator[Any]:
         )
     if rule is not None:
         yield rule(state)
-    elif isinstance(state, tuple) and hasattr(state, "_fields"):
-        for name in _INNER:
-            inner = getattr(state, name, None)
-            if isinstance(inner, dict):  # by label: O.partition, optax.multi_transform
-                for s in inner.values():
-                    yield from _find(s)
-            elif name in state._fields:
-                yield from _find(inner)
-    elif isinstance(state, (tuple, list)):
-        for s in state:
-            yield from _find(s)
+    else:
+        for inner in inner_states(state):
+            yield from _find(inner)

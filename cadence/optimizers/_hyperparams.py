@@ -7,14 +7,9 @@ from typing import Any
 import jax
 
 from ._groups import DEFAULT, OWN_STEP, Record, is_variable, pick
+from ._trees import INNER_FIELDS
 
 __all__ = ["hyperparams"]
-
-# Fields through which a state holds another transformation's state: ours
-# (`inner`), optax's inject_hyperparams (`inner_state`) and MultiSteps
-# (`inner_opt_state`); a dict there (or in multi_transform's `inner_states`)
-# holds one state per label.
-_INNER = ("inner", "inner_state", "inner_opt_state")
 
 
 def hyperparams(state: Any, path: str | None = None) -> Record:
@@ -110,7 +105,7 @@ def _collect(state: Any, out: dict[str, Any], path: str | None) -> None:
         return
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         own: dict[str, Any] = {}
-        for name in (*_INNER, "inner_states"):
+        for name in INNER_FIELDS:
             inner = getattr(state, name, None)
             if isinstance(inner, dict):  # by label: O.partition, optax.multi_transform
                 _merge(own, _by_label(inner, path))

@@ -31,10 +31,9 @@ from ._base import (
     transformation_type,
 )
 from ._groups import leaf_paths, pick
-from ._hyperparams import _INNER
 from ._leaf import torch_lerp
 from ._optimizer import Optimizer
-from ._trees import Leaves, is_traced
+from ._trees import Leaves, inner_states, is_traced
 
 __all__ = [
     "ScheduleFreeAdamWState",
@@ -442,16 +441,9 @@ def _find(state: Any, master: dict[str, Any]) -> Iterator[tuple[Any, dict[str, A
     """
     if isinstance(state, _STATES):
         yield state, master
-    elif isinstance(state, tuple) and hasattr(state, "_fields"):
-        copies = getattr(state, "master", None)
-        if isinstance(copies, Leaves):
-            master = master | copies
-        for name in (*_INNER, "inner_states"):
-            if name in state._fields:
-                yield from _find(getattr(state, name), master)
-    elif isinstance(state, dict):
-        for inner in state.values():
-            yield from _find(inner, master)
-    elif isinstance(state, (tuple, list)):
-        for inner in state:
-            yield from _find(inner, master)
+        return
+    copies = getattr(state, "master", None) if hasattr(state, "_fields") else None
+    if isinstance(copies, Leaves):
+        master = master | copies
+    for inner in inner_states(state):
+        yield from _find(inner, master)

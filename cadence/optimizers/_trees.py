@@ -5,12 +5,12 @@ The lowest layer of the optimizers package: it imports nothing of cadence.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, final
 
 import jax
 
-__all__ = ["Leaves", "distinct_arrays", "is_traced", "path_str"]
+__all__ = ["INNER_FIELDS", "Leaves", "distinct_arrays", "inner_states", "is_traced", "path_str"]
 
 
 def path_str(path: Sequence[Any]) -> str:
@@ -76,3 +76,32 @@ def distinct_arrays(tree: Any) -> Any:
         return x
 
     return jax.tree.map(once, tree)
+
+
+# Fields through which a state holds another transformation's state: ours
+# (`inner`), optax's inject_hyperparams (`inner_state`) and MultiSteps
+# (`inner_opt_state`); a dict there (`partition`'s `inner`, or optax
+# multi_transform's `inner_states`) holds one state per label.
+INNER_FIELDS = ("inner", "inner_state", "inner_opt_state", "inner_states")
+
+
+def inner_states(state: Any) -> Iterator[Any]:
+    """The transformation states directly inside `state`, outermost first.
+
+    A wrapper's inner state, each label's state of a partition, each member
+    of a chain; nothing for a leaf optimizer's state. Walks that look for one
+    kind of state through any nesting (`averaged_params`,
+    `schedule_free_eval_params`) recurse on this.
+    """
+    if isinstance(state, tuple) and hasattr(state, "_fields"):
+        for name in INNER_FIELDS:
+            if name in state._fields:
+                inner = getattr(state, name)
+                if isinstance(inner, dict):
+                    yield from inner.values()
+                else:
+                    yield inner
+    elif isinstance(state, dict):
+        yield from state.values()
+    elif isinstance(state, (tuple, list)):
+        yield from state
