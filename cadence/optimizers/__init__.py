@@ -28,6 +28,10 @@ from ._average import lookahead as lookahead
 from ._averaged import averaged_params as averaged_params
 from ._base import Transformation as Transformation
 from ._config import from_config as from_config
+from ._declare import flag as flag
+from ._declare import hyper as hyper
+from ._declare import optimizer_type as optimizer_type
+from ._declare import optimizers as optimizers
 from ._flatten import flatten as flatten
 from ._hyperparams import hyperparams as hyperparams
 from ._lamb import lamb as lamb
@@ -36,10 +40,6 @@ from ._lbfgs import lbfgs as lbfgs
 from ._muon import muon as muon
 from ._nadam import nadam as nadam
 from ._optimizer import Optimizer as Optimizer
-from ._optimizer import flag as flag
-from ._optimizer import hyper as hyper
-from ._optimizer import optimizer_type as optimizer_type
-from ._optimizer import optimizers as optimizers
 from ._optimizers import adagrad as adagrad
 from ._optimizers import adam as adam
 from ._optimizers import adamw as adamw

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 # torch's classics register first: the registry (README table, tests) keeps
 # the order of definition, and this module's name sorts before theirs.
 from . import _optimizers  # noqa: F401
-from ._optimizer import Optimizer, hyper, optimizer_type
+from ._declare import hyper, optimizer_type
+from ._optimizer import Optimizer
 
 __all__ = ["AdadeltaState", "adadelta"]
 

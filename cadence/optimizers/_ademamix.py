@@ -11,7 +11,8 @@ import jax.numpy as jnp
 # the order of definition, and this module's name sorts before theirs.
 from . import _optimizers  # noqa: F401
 from ._base import as_float
-from ._optimizer import Optimizer, hyper, optimizer_type
+from ._declare import hyper, optimizer_type
+from ._optimizer import Optimizer
 
 __all__ = ["AdEMAMixState", "ademamix"]
 

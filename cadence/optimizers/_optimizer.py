@@ -6,8 +6,8 @@ per-group scalar step (`scalars`: bias corrections and the like, computed
 once per group from the hyperparameters and the count; `global_scalars`,
 reduced over every gradient leaf, such as LAMB's global norm) and a per-leaf
 `kernel` of (param, grad, buffers, scalars), elementwise or whole-leaf.
-`optimizer_type`, `hyper` and `flag` are the public building blocks, and
-`optimizers()` the registry.
+`_declare` completes a subclass into an optimizer (`optimizer_type`, `hyper`,
+`flag`) and lists them (`optimizers()`).
 
 Every leaf keeps its own arrays, and XLA fuses each leaf's kernel into loops
 over that leaf alone. Leaves are not concatenated into one vector: splitting
@@ -27,30 +27,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
 
 from ._base import (
-    ANY,
-    BOOL,
-    DTYPE,
-    GROUPS,
-    HYPER,
-    REGISTRY,
     Transformation,
     as_float,
     check_tree,
     compute_dtype,
     dtype_of,
-    field,
     hyper_fields,
     increment,
     is_zero,
     path_str,
     set_field,
-    transformation_type,
     zero_count,
 )
 from ._groups import Groups, assign, group_values, record, step_offsets, zero_offsets
@@ -58,7 +50,7 @@ from ._leaf import leaf_step, leaf_update
 from ._state_dtype import check_state_dtype, codes_view, init_stored, is_special
 from ._trees import distinct_arrays, is_traced
 
-__all__ = ["Optimizer", "flag", "hyper", "optimizer_type", "optimizers"]
+__all__ = ["Optimizer"]
 
 _O = TypeVar("_O", bound=type)
 
@@ -475,80 +467,6 @@ class _Run:
             **self.shared,
             **{n: self.treedef.unflatten(v) for n, v in new.items()},
         )
-
-
-def optimizers() -> dict[str, type[Optimizer]]:
-    """Every optimizer type, by name, in the order they were defined.
-
-    The registry that the README's optimizer table, the benchmarks and the
-    test parametrization read: an optimizer defined with `transformation_type`
-    (a library one or your own) is in it.
-
-    Example:
-        >>> from cadence import optimizers as O
-        >>> list(O.optimizers())[:3]
-        ['sgd', 'adam', 'adamw']
-        >>> O.optimizers()["adamw"].reference
-        'torch.optim.AdamW'
-    """
-    return {
-        name: cls
-        for name, cls in REGISTRY.items()
-        if isinstance(cls, type) and issubclass(cls, Optimizer)
-    }
-
-
-def hyper(default: Any = dataclasses.MISSING, *, check: str = ANY) -> Any:
-    """A float hyperparameter field: a number, a schedule or a callable of the count.
-
-    It is a pytree leaf (a new value does not recompile), validated at
-    construction by `check` (``"any"``, ``"nonneg"``, or ``"unit"`` for
-    [0, 1)), settable per parameter group, saved by `to_config` and reported
-    by `hyperparams`.
-    """
-    if check not in ("any", "nonneg", "unit"):
-        raise ValueError(f"hyper: check must be 'any', 'nonneg' or 'unit', got {check!r}")
-    return field(HYPER, default, check=check)
-
-
-def flag(default: bool) -> Any:
-    """A boolean option field (static: switching it recompiles), e.g. ``nesterov``."""
-    if not isinstance(default, bool):
-        raise TypeError(f"flag: default must be True or False, got {default!r}")
-    return field(BOOL, default)
-
-
-def optimizer_type(cls: type[_O]) -> type[_O]:
-    """Make an `Optimizer` subclass a complete optimizer, registered by its class name.
-
-    It gains the ``state_dtype`` and ``groups`` arguments (last), a `State`
-    named tuple (``count``, the `per_leaf` buffers, the `shared` scalars,
-    ``hyperparams``) unless it declares one, and everything every optimizer
-    has: validation, `to_config`/`from_config`, parameter groups,
-    `hyperparams`, sharded state, checkpoints and `step` (one generated pass
-    per leaf on CPU when `kernel` is elementwise).
-
-    See the README section "Write your own optimizer" for a complete example.
-    """
-    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-        raise TypeError(f"optimizer_type: {cls!r} must be a subclass of Optimizer")
-    annotations = cls.__dict__.get("__annotations__", {})
-    extra = {}
-    if "state_dtype" not in annotations:
-        extra["state_dtype"] = field(DTYPE, None)
-    if "groups" not in annotations:
-        extra["groups"] = field(GROUPS, None)
-    if extra:
-        cls.__annotations__ = {**annotations, **dict.fromkeys(extra, Any)}
-        for name, value in extra.items():
-            setattr(cls, name, value)
-    if "State" not in cls.__dict__:
-        names = ("count", *cls.per_leaf, *cls.shared, "hyperparams")
-        state = NamedTuple(f"{cls.__name__}State", [(n, Any) for n in names])
-        state.__module__ = cls.__module__
-        state.__doc__ = f"`{cls.__name__}` state: the update count, {', '.join(names[1:])}."
-        cls.State = state
-    return transformation_type(cls)
 
 
 @jax.jit

@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 
 from ._base import as_float
+from ._declare import flag, hyper, optimizer_type
 from ._leaf import lerp
-from ._optimizer import Optimizer, flag, hyper, optimizer_type
+from ._optimizer import Optimizer
 from ._optimizers import _decay
 
 __all__ = ["RAdamState", "radam", "rho"]
