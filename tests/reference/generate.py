@@ -1,15 +1,14 @@
 """Regenerate the golden vectors from the live reference libraries.
 
-Run from the repository root, with torch, transformers and timm installed
-(``make references``)::
+Run from the repository root, with the references installed (``make
+references``: torch, transformers, timm, schedulefree, bitsandbytes)::
 
     python -m tests.reference.generate            # every table
     python -m tests.reference.generate schedules  # one table
 
-Each table module (``schedule_cases``, ``optimizer_cases``,
-``more_optimizer_cases``) defines ``GOLDEN`` (the JSON file name, beside this
-script) and ``generate()``, which
-runs the reference libraries and returns a JSON-safe dict. The suite compares
+Each table module in `TABLES` defines ``GOLDEN`` (the JSON file name, beside
+this script) and ``generate()``, which runs the reference libraries and
+returns a JSON-safe dict. The suite compares
 cadence against these files always, and against the live libraries when they
 are importable.
 """
