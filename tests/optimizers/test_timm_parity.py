@@ -129,7 +129,7 @@ def test_golden_table_covers_every_case():
 
 
 def test_every_option_is_exercised():
-    # The cases switch on every option of the three (the brief of the table).
+    # The cases switch on every option of the three (the purpose of the table).
     built = [c.build() for c in C.CASES.values()]
     lambs = [o for o in built if isinstance(o, O.lamb)]
     assert {o.max_grad_norm is None for o in lambs} == {True, False}
