@@ -32,7 +32,17 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
-from .more_optimizer_cases import MODELS, SAMPLES, default_dtype, flat, predict
+from . import golden
+from .more_optimizer_cases import (
+    MODELS,
+    SAMPLES,
+    Problem,
+    default_dtype,
+    flat,
+    predict,
+    torch_trajectory,
+)
+from .more_optimizer_cases import problem as more_problem
 from .optimizer_cases import cosine
 
 GOLDEN = "adaptive.json"
@@ -45,33 +55,9 @@ SEED = 20261201
 LEAVES = MODELS["full"]
 
 
-@dataclass(frozen=True)
-class Problem:
-    """The model's data, in float64 (each run casts it to its dtype)."""
-
-    init: dict[str, np.ndarray]
-    xa: np.ndarray
-    xb: np.ndarray
-    z: np.ndarray
-    y: np.ndarray
-    grads: dict[str, np.ndarray]  # leaf -> (STEPS, *shape): the random problem's gradients
-
-
 def problem() -> Problem:
-    """The fixed data: the same in the generator and in the tests."""
-    rng = np.random.default_rng(SEED)
-    init = {name: 0.5 * rng.standard_normal(shape) for name, shape in LEAVES.items()}
-    xa = rng.standard_normal((SAMPLES, 5))
-    xb = rng.standard_normal((SAMPLES, 2))
-    z = rng.standard_normal((SAMPLES, 2, 4))
-    # Far from the fit, so that no run nears the minimum within STEPS updates,
-    # where normalised updates follow rounding noise.
-    y = 20.0 * rng.standard_normal((SAMPLES, 3))
-    grads = {}
-    for name, shape in LEAVES.items():
-        scale = 10.0 ** rng.uniform(-3, 1, size=(STEPS,) + (1,) * len(shape))
-        grads[name] = rng.standard_normal((STEPS, *shape)) * scale
-    return Problem(init, xa, xb, z, y, grads)
+    """The fixed data (`more_optimizer_cases`' linear model, drawn from `SEED` for `STEPS`)."""
+    return more_problem("full", seed=SEED, steps=STEPS)
 
 
 # --------------------------------------------------------------------------- cases
@@ -276,33 +262,18 @@ def run_torch(case: Case, problem_name: str, dtype: str) -> np.ndarray:
 def _run_torch(case: Case, problem_name: str, tdtype: Any) -> np.ndarray:
     import torch
 
-    data = problem()
-    params = {n: torch.nn.Parameter(torch.tensor(v, dtype=tdtype)) for n, v in data.init.items()}
     cls, kwargs = case.torch
-    grouped = {n for g in case.groups for n in g["params"]}
-    default = [params[n] for n in LEAVES if n not in grouped]
-    extra = [g | {"params": [params[n] for n in g["params"]]} for g in case.groups]
-    opt = getattr(torch.optim, cls)([{"params": default}, *extra], **kwargs)
-    scheduler = None
-    if case.lr_factor is not None:
-        lambdas = [case.lr_factor] * (1 + len(extra))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
-    xa, xb, z, y = (torch.tensor(a, dtype=tdtype) for a in (data.xa, data.xb, data.z, data.y))
-    out = []
-    for k in range(STEPS):
-        opt.zero_grad()
-        if problem_name == "lsq":
-            loss = ((predict(params, xa, xb, z, torch.einsum) - y) ** 2).sum() / (2 * SAMPLES)
-            loss.backward()
-        else:
-            for n, p in params.items():
-                p.grad = torch.tensor(data.grads[n][k], dtype=tdtype)
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-        if k + 1 in SNAPSHOTS:
-            out.append(flat({n: p.detach().numpy() for n, p in params.items()}, "full"))
-    return np.stack(out)
+    return torch_trajectory(
+        lambda groups: getattr(torch.optim, cls)(groups, **kwargs),
+        case.groups,
+        case.lr_factor,
+        problem(),
+        "full",
+        problem_name,
+        tdtype,
+        STEPS,
+        SNAPSHOTS,
+    )
 
 
 def nested(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -356,19 +327,12 @@ def run_optax(build: Callable[[], Any], problem_name: str, dtype: str) -> np.nda
         return np.stack([flat({n: v[k - 1] for n, v in leaves.items()}, "full") for k in SNAPSHOTS])
 
 
-def _round(x: np.ndarray, dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
-
-
 def generate() -> dict[str, Any]:
     """The golden table: case -> problem -> dtype -> snapshots of the flat parameters."""
     import torch
 
     table = {
-        name: {p: {d: _round(run_reference(case, p, d), d) for d in DTYPES} for p in PROBLEMS}
+        name: {p: {d: golden.rows(run_reference(case, p, d), d) for d in DTYPES} for p in PROBLEMS}
         for name, case in CASES.items()
     }
     return {

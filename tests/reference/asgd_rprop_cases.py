@@ -27,6 +27,7 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
+from . import golden
 from .more_optimizer_cases import default_dtype
 from .optimizer_cases import LEAVES, SAMPLES, SNAPSHOTS, STEPS, cosine, flat, problem
 
@@ -170,13 +171,8 @@ def _run_torch(case: Case, problem_name: str, tdtype: Any) -> dict[str, np.ndarr
     return {k: np.stack(v) if v else None for k, v in out.items()}
 
 
-def _round(x: np.ndarray | None, dtype: str) -> list[list[float]] | None:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if x is None:
-        return None
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
+def _rows(x: np.ndarray | None, dtype: str) -> list[list[float]] | None:
+    return None if x is None else golden.rows(x, dtype)
 
 
 def generate() -> dict[str, Any]:
@@ -185,7 +181,7 @@ def generate() -> dict[str, Any]:
 
     table = {
         name: {
-            p: {d: {k: _round(v, d) for k, v in run_torch(case, p, d).items()} for d in DTYPES}
+            p: {d: {k: _rows(v, d) for k, v in run_torch(case, p, d).items()} for d in DTYPES}
             for p in PROBLEMS
         }
         for name, case in CASES.items()

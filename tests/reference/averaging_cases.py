@@ -43,6 +43,7 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
+from . import golden
 from .optimizer_cases import LEAVES, SAMPLES, cosine, flat, problem
 from .timm_sources import load_timm
 
@@ -281,13 +282,6 @@ def run_torch(case: Case, problem_name: str, dtype: str) -> tuple[np.ndarray, np
     return np.stack(out), np.stack(second)
 
 
-def _round(x: np.ndarray, dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
-
-
 def generate() -> dict[str, Any]:
     """The golden table: case -> problem -> dtype -> {"params", "second"} snapshots."""
     import torch
@@ -299,7 +293,10 @@ def generate() -> dict[str, Any]:
             table[name][p] = {}
             for d in DTYPES:
                 params, second = run_torch(case, p, d)
-                table[name][p][d] = {"params": _round(params, d), "second": _round(second, d)}
+                table[name][p][d] = {
+                    "params": golden.rows(params, d),
+                    "second": golden.rows(second, d),
+                }
     return {
         "meta": {
             "torch": torch.__version__,

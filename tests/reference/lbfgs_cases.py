@@ -33,6 +33,8 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
+from . import golden
+
 GOLDEN = "lbfgs.json"
 SEED = 20261130
 SAMPLES = 24
@@ -289,13 +291,6 @@ def run_torch(case: Case, dtype: str) -> dict[str, list]:
     return out
 
 
-def _round(rows: list[np.ndarray], dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in rows]
-    return [row.tolist() for row in rows]
-
-
 def generate() -> dict[str, Any]:
     """The golden table: case -> dtype -> {params, n_iter, func_evals} per step."""
     import torch
@@ -305,7 +300,7 @@ def generate() -> dict[str, Any]:
         table[name] = {}
         for dtype in (d for d in DTYPES if case.runs(d)):
             run = run_torch(case, dtype)
-            table[name][dtype] = run | {"params": _round(run["params"], dtype)}
+            table[name][dtype] = run | {"params": golden.rows(run["params"], dtype)}
     return {
         "meta": {
             "torch": torch.__version__,

@@ -42,6 +42,7 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
+from . import golden
 from .optimizer_cases import cosine
 
 GOLDEN = "more_optimizers.json"
@@ -77,9 +78,12 @@ class Problem:
     grads: dict[str, np.ndarray]  # leaf -> (STEPS, *shape): the random problem's gradients
 
 
-def problem(model: str) -> Problem:
-    """The fixed data of a model: the same in the generator and in the tests."""
-    rng = np.random.default_rng([SEED, list(MODELS).index(model)])
+def problem(model: str, *, seed: Any = None, steps: int = STEPS) -> Problem:
+    """The fixed data of a model: the same in the generator and in the tests.
+
+    Another table draws its own data with `seed` and gradients for `steps` updates.
+    """
+    rng = np.random.default_rng([SEED, list(MODELS).index(model)] if seed is None else seed)
     leaves = MODELS[model]
     init = {name: 0.5 * rng.standard_normal(shape) for name, shape in leaves.items()}
     xa = rng.standard_normal((SAMPLES, 5))
@@ -91,8 +95,8 @@ def problem(model: str) -> Problem:
     y = 20.0 * rng.standard_normal((SAMPLES, 3))
     grads = {}
     for name, shape in leaves.items():
-        scale = 10.0 ** rng.uniform(-3, 1, size=(STEPS,) + (1,) * len(shape))
-        grads[name] = rng.standard_normal((STEPS, *shape)) * scale
+        scale = 10.0 ** rng.uniform(-3, 1, size=(steps,) + (1,) * len(shape))
+        grads[name] = rng.standard_normal((steps, *shape)) * scale
     return Problem(init, xa, xb, z, y, grads)
 
 
@@ -327,21 +331,51 @@ def run_torch(case: Case, problem_name: str, dtype: str) -> np.ndarray:
 def _run_torch(case: Case, problem_name: str, tdtype: Any) -> np.ndarray:
     import torch
 
-    data = problem(case.model)
-    leaves = MODELS[case.model]
-    params = {n: torch.nn.Parameter(torch.tensor(v, dtype=tdtype)) for n, v in data.init.items()}
     cls, kwargs = case.torch
-    grouped = {n for g in case.groups for n in g["params"]}
-    default = [params[n] for n in leaves if n not in grouped]
-    extra = [g | {"params": [params[n] for n in g["params"]]} for g in case.groups]
-    opt = getattr(torch.optim, cls)([{"params": default}, *extra], **kwargs)
+    return torch_trajectory(
+        lambda groups: getattr(torch.optim, cls)(groups, **kwargs),
+        case.groups,
+        case.lr_factor,
+        problem(case.model),
+        case.model,
+        problem_name,
+        tdtype,
+    )
+
+
+def torch_trajectory(
+    make: Callable[[list[dict[str, Any]]], Any],
+    groups: tuple[dict[str, Any], ...],
+    lr_factor: Callable[[int], float] | None,
+    data: Problem,
+    model: str,
+    problem_name: str,
+    tdtype: Any,
+    steps: int = STEPS,
+    snapshots: tuple[int, ...] = SNAPSHOTS,
+) -> np.ndarray:
+    """A torch optimizer's parameters of `model` after each update in `snapshots`.
+
+    `make` builds the optimizer from torch param groups: the leaves no group
+    of `groups` names, then each group with its leaves' tensors. `lr_factor`
+    multiplies every group's lr at update k (LambdaLR, stepped per update).
+    On ``problem_name == "lsq"`` torch differentiates the least-squares loss
+    at its own parameters; otherwise it reads `data`'s random gradients.
+    """
+    import torch
+
+    params = {n: torch.nn.Parameter(torch.tensor(v, dtype=tdtype)) for n, v in data.init.items()}
+    grouped = {n for g in groups for n in g["params"]}
+    default = [params[n] for n in MODELS[model] if n not in grouped]
+    extra = [g | {"params": [params[n] for n in g["params"]]} for g in groups]
+    opt = make([{"params": default}, *extra])
     scheduler = None
-    if case.lr_factor is not None:
-        lambdas = [case.lr_factor] * (1 + len(extra))
+    if lr_factor is not None:
+        lambdas = [lr_factor] * (1 + len(extra))
         scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
     xa, xb, z, y = (torch.tensor(a, dtype=tdtype) for a in (data.xa, data.xb, data.z, data.y))
     out = []
-    for k in range(STEPS):
+    for k in range(steps):
         opt.zero_grad()
         if problem_name == "lsq":
             loss = ((predict(params, xa, xb, z, torch.einsum) - y) ** 2).sum() / (2 * SAMPLES)
@@ -352,16 +386,9 @@ def _run_torch(case: Case, problem_name: str, tdtype: Any) -> np.ndarray:
         opt.step()
         if scheduler is not None:
             scheduler.step()
-        if k + 1 in SNAPSHOTS:
-            out.append(flat({n: p.detach().numpy() for n, p in params.items()}, case.model))
+        if k + 1 in snapshots:
+            out.append(flat({n: p.detach().numpy() for n, p in params.items()}, model))
     return np.stack(out)
-
-
-def _round(x: np.ndarray, dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
 
 
 def generate() -> dict[str, Any]:
@@ -369,7 +396,7 @@ def generate() -> dict[str, Any]:
     import torch
 
     table = {
-        name: {p: {d: _round(run_torch(case, p, d), d) for d in case.dtypes} for p in PROBLEMS}
+        name: {p: {d: golden.rows(run_torch(case, p, d), d) for d in case.dtypes} for p in PROBLEMS}
         for name, case in CASES.items()
     }
     return {

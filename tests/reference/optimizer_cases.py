@@ -32,6 +32,8 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
+from . import golden
+
 GOLDEN = "optimizers.json"
 
 STEPS = 200
@@ -393,20 +395,15 @@ def reference(case: Case, problem_name: str, dtype: str) -> np.ndarray:
     return run_torch(case, problem_name, dtype)
 
 
-def _round(x: np.ndarray, dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
-
-
 def generate() -> dict[str, Any]:
     """The golden table: case -> problem -> dtype -> snapshots of the flat parameters."""
     import torch
 
     table: dict[str, Any] = {}
     for name, case in CASES.items():
-        table[name] = {p: {d: _round(reference(case, p, d), d) for d in DTYPES} for p in PROBLEMS}
+        table[name] = {
+            p: {d: golden.rows(reference(case, p, d), d) for d in DTYPES} for p in PROBLEMS
+        }
     return {
         "meta": {
             "torch": torch.__version__,

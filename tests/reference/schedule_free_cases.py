@@ -28,6 +28,7 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
+from . import golden
 from .more_optimizer_cases import MODELS, SAMPLES, STEPS, flat, predict, problem
 from .optimizer_cases import cosine
 
@@ -194,13 +195,6 @@ def run_reference(case: Case, problem_name: str, dtype: str) -> dict[str, np.nda
     return {kind: np.stack(v) for kind, v in out.items()}
 
 
-def _round(x: np.ndarray, dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
-
-
 def generate() -> dict[str, Any]:
     """The golden table: case -> kind -> problem -> dtype -> snapshots of the flat parameters."""
     table: dict[str, Any] = {}
@@ -210,7 +204,7 @@ def generate() -> dict[str, Any]:
             for d in DTYPES:
                 runs = run_reference(case, p, d)
                 for kind in KINDS:
-                    table[name][kind][p][d] = _round(runs[kind], d)
+                    table[name][kind][p][d] = golden.rows(runs[kind], d)
     return {
         "meta": {
             "schedulefree": importlib.metadata.version("schedulefree"),

@@ -29,7 +29,9 @@ import numpy as np
 from cadence import optimizers as O
 from cadence import schedules as S
 
-from .more_optimizer_cases import MODELS, SAMPLES, default_dtype, flat, predict, problem
+from . import golden
+from .more_optimizer_cases import MODELS, default_dtype, problem, torch_trajectory
+from .more_optimizer_cases import flat as flat  # the tests flatten cadence's runs the same way
 from .optimizer_cases import cosine
 from .timm_sources import load_timm
 
@@ -243,41 +245,18 @@ def run_timm(case: Case, problem_name: str, dtype: str, foreach: bool | None = N
 
 
 def _run_timm(case: Case, problem_name: str, tdtype: Any, foreach: bool | None) -> np.ndarray:
-    import torch
-
-    data = problem(MODEL)
-    params = {n: torch.nn.Parameter(torch.tensor(v, dtype=tdtype)) for n, v in data.init.items()}
-    grouped = {n for g in case.groups for n in g["params"]}
-    default = [params[n] for n in LEAVES if n not in grouped]
-    extra = [g | {"params": [params[n] for n in g["params"]]} for g in case.groups]
-    opt = timm_class(case.optimizer)([{"params": default}, *extra], **case.timm, foreach=foreach)
-    scheduler = None
-    if case.lr_factor is not None:
-        lambdas = [case.lr_factor] * (1 + len(extra))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)
-    xa, xb, z, y = (torch.tensor(a, dtype=tdtype) for a in (data.xa, data.xb, data.z, data.y))
-    out = []
-    for k in range(STEPS):
-        opt.zero_grad()
-        if problem_name == "lsq":
-            loss = ((predict(params, xa, xb, z, torch.einsum) - y) ** 2).sum() / (2 * SAMPLES)
-            loss.backward()
-        else:
-            for n, p in params.items():
-                p.grad = torch.tensor(data.grads[n][k], dtype=tdtype)
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-        if k + 1 in SNAPSHOTS:
-            out.append(flat({n: p.detach().numpy() for n, p in params.items()}, MODEL))
-    return np.stack(out)
-
-
-def _round(x: np.ndarray, dtype: str) -> list[list[float]]:
-    # float32 values are stored with the shortest repr that reads back exactly.
-    if dtype == "float32":
-        return [[float(str(v)) for v in row.astype(np.float32)] for row in x]
-    return x.tolist()
+    cls = timm_class(case.optimizer)
+    return torch_trajectory(
+        lambda groups: cls(groups, **case.timm, foreach=foreach),
+        case.groups,
+        case.lr_factor,
+        problem(MODEL),
+        MODEL,
+        problem_name,
+        tdtype,
+        STEPS,
+        SNAPSHOTS,
+    )
 
 
 DTYPES = ("float64", "float32")
@@ -288,7 +267,7 @@ def generate() -> dict[str, Any]:
     import torch
 
     table = {
-        name: {p: {d: _round(run_timm(case, p, d), d) for d in DTYPES} for p in PROBLEMS}
+        name: {p: {d: golden.rows(run_timm(case, p, d), d) for d in DTYPES} for p in PROBLEMS}
         for name, case in CASES.items()
     }
     return {
