@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +51,6 @@ from ._state_dtype import check_state_dtype, codes_view, init_stored, is_special
 from ._trees import distinct_arrays, is_traced
 
 __all__ = ["Optimizer"]
-
-_O = TypeVar("_O", bound=type)
 
 
 class Optimizer(Transformation):
