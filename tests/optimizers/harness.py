@@ -36,11 +36,13 @@ def lsq_loss(params, xa, xb, y):
     return jnp.sum((pred - y) ** 2) / (2 * C.SAMPLES)
 
 
-def trajectory(opt, init, grads, loss, data, closed_loop, method="update"):
+def trajectory(opt, init, grads, loss, data, closed_loop, method="update", read=None):
     """Parameters after every update: the gradient is ``closed_loop * grad(loss) + grads[k]``.
 
     ``loss(params, *data)`` is the closed-loop problem. `method` "update"
     applies ``opt.update`` and ``optax.apply_updates``; "step" calls ``opt.step``.
+    With ``read(state, params)`` (averaged or evaluation parameters, say) each
+    update also gives what it returns: the output is ``(params, read)``.
     """
 
     def step(carry, g):
@@ -52,7 +54,7 @@ def trajectory(opt, init, grads, loss, data, closed_loop, method="update"):
         else:
             updates, state = opt.update(g, state, params)
             params = optax.apply_updates(params, updates)
-        return (params, state), params
+        return (params, state), (params if read is None else (params, read(state, params)))
 
     _, out = jax.lax.scan(step, (init, opt.init(init)), grads)
     return out

@@ -15,11 +15,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from cadence import optimizers as O
-from tests.optimizers.harness import TOLERANCE, lsq_loss, nest, relative_error, unnest
+from tests.optimizers.harness import TOLERANCE, lsq_loss, nest, relative_error, trajectory, unnest
 from tests.reference import asgd_rprop_cases as C
 from tests.reference import optimizer_cases as OC
 
@@ -31,19 +30,10 @@ RUNS = [(case, dtype) for case in sorted(C.CASES) for dtype in C.DTYPES]
 def _trajectory(opt, init, grads, data, closed_loop, method):
     """Parameters and averaged parameters (the parameters without averaging) after each update."""
 
-    def step(carry, g):
-        params, state = carry
-        lsq = jax.grad(lsq_loss)(params, *data)
-        g = jax.tree.map(lambda a, b: closed_loop * a + b, lsq, g)
-        if method == "step":
-            params, state = opt.step(g, state, params)
-        else:
-            updates, state = opt.update(g, state, params)
-            params = optax.apply_updates(params, updates)
-        averaged = O.averaged_params(state) if isinstance(opt, O.asgd) else params
-        return (params, state), (params, averaged)
+    def averaged(state, params):
+        return O.averaged_params(state) if isinstance(opt, O.asgd) else params
 
-    return jax.lax.scan(step, (init, opt.init(init)), grads)[1]
+    return trajectory(opt, init, grads, lsq_loss, data, closed_loop, method, read=averaged)
 
 
 @functools.partial(jax.jit, static_argnames="method")

@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from cadence import checkpoint
 from cadence import optimizers as O
 from cadence import schedules as S
-from tests.optimizers.harness import TOLERANCE, lsq_loss, nest, relative_error, unnest
+from tests.optimizers.harness import TOLERANCE, lsq_loss, nest, relative_error, trajectory, unnest
 from tests.reference import averaging_cases as C
 
 GOLDEN = json.loads((Path(C.__file__).parent / C.GOLDEN).read_text())
@@ -41,15 +41,10 @@ def _second(opt, state):
 
 
 def _trajectory(opt, init, grads, data, closed_loop):
-    def step(carry, g):
-        params, state = carry
-        lsq = jax.grad(lsq_loss)(params, *data)
-        g = jax.tree.map(lambda a, b: closed_loop * a + b, lsq, g)
-        updates, state = opt.update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        return (params, state), (params, _second(opt, state))
+    def second(state, params):
+        return _second(opt, state)
 
-    return jax.lax.scan(step, (init, opt.init(init)), grads)[1]
+    return trajectory(opt, init, grads, lsq_loss, data, closed_loop, read=second)
 
 
 @jax.jit

@@ -22,7 +22,7 @@ import pytest
 
 from cadence import optimizers as O
 from cadence import schedules as S
-from tests.optimizers.harness import TOLERANCE, nest, relative_error, unnest
+from tests.optimizers.harness import TOLERANCE, nest, relative_error, trajectory, unnest
 from tests.optimizers.more_harness import loss
 from tests.reference import schedule_free_cases as C
 from tests.reference.more_optimizer_cases import problem
@@ -36,19 +36,8 @@ RUNS = [(case, dtype) for case in sorted(C.CASES) for dtype in C.DTYPES]
 
 def _trajectory(opt, init, grads, data, closed_loop, method):
     """y and x after every update; the gradient is ``closed_loop * grad(loss) + grads[k]``."""
-
-    def step(carry, g):
-        params, state = carry
-        lsq = jax.grad(loss)(params, *data)
-        g = jax.tree.map(lambda a, b: closed_loop * a + b, lsq, g)
-        if method == "step":
-            params, state = opt.step(g, state, params)
-        else:
-            updates, state = opt.update(g, state, params)
-            params = optax.apply_updates(params, updates)
-        return (params, state), (params, O.schedule_free_eval_params(state, params))
-
-    return jax.lax.scan(step, (init, opt.init(init)), grads)[1]
+    eval_params = O.schedule_free_eval_params
+    return trajectory(opt, init, grads, loss, data, closed_loop, method, read=eval_params)
 
 
 @functools.partial(jax.jit, static_argnames="method")
